@@ -38,6 +38,7 @@ from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.end_user import EndUsers
 from sentinel.domain.plans import PlanSource, parse_plan_spec
 from sentinel.domain.tiers import TIERS, TierModelEntry, TierSource, TierTable
+from sentinel.governance.applied_settings import AppliedSettings
 from sentinel.governance.auth import Authenticator
 from sentinel.governance.identity import IdentitySource
 from sentinel.governance.jwt import JwtVerifier, LocalJwtIdentitySource
@@ -75,12 +76,14 @@ from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import SessionStore
 from sentinel.services.admin import AdminService
 from sentinel.services.admin_live import LiveState
+from sentinel.services.default_plan_seed import DefaultPlanSeed
 from sentinel.services.messages import MessagesService
 from sentinel.services.models import ModelList
 from sentinel.services.native_chat import NativeChat
 from sentinel.services.plan_finisher import PlanFinisher
 from sentinel.services.relay import OpenAIRelay
 from sentinel.services.translated_chat import TranslatedChat
+from sentinel.services.window_seed import WindowSeeder
 from sentinel.store import Store, check_eviction, create_store
 
 # With Redis, identities and plans are also kept per process for at most this long (never past
@@ -473,12 +476,21 @@ async def build_runtime(
     rollups = RollupWorker(ledger.roll_up) if not zion_mode else None
     # Plan changes kept unfinished (the store or the database down), by this process or another (the CLI).
     finisher = PlanFinisher(admin.finish_plan_changes) if not zion_mode else None
+    # A DEFAULT_PLAN changed since the last start seeds its new windows (built-in plans only: Zion's
+    # usage is not in the local ledger); start-up waits for it within a bound, then it goes on in the background.
+    default_seed = (
+        DefaultPlanSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter), admin.default_plan)
+        if not zion_mode else None
+    )
     deliverer.start()
     stats_writer.start()
     if rollups is not None:
         rollups.start()
     if finisher is not None:
         finisher.start()
+    if default_seed is not None:
+        default_seed.start()
+        await default_seed.wait(s.database_timeout_seconds)
     redact = Redactor(configured_secrets(s, catalog))
     if isinstance(tracing, OtelTracing):
         tracing.redact = redact
@@ -502,7 +514,7 @@ async def build_runtime(
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
         # their records go to the outbox and the ledger the next closers flush and close (the streams
         # read on after their clients left cut before: each settles as it stands).
-        closers=[lambda: meter.drain(s.shutdown_timeout_seconds),
+        closers=[*([default_seed.stop] if default_seed else []), lambda: meter.drain(s.shutdown_timeout_seconds),
                  lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
                  *([finisher.stop] if finisher else []),
                  http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []),

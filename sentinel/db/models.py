@@ -19,6 +19,8 @@ models mirror it (a test compares the two) and are what the repositories query w
     unfinished_plan_changes            plan changes saved whose follow-up (counters seeded, cached plans
                                        dropped) the store or the database did not take: a gateway
                                        finishes each and deletes it (`sentinel.services.plan_finisher`)
+    applied_settings                   name -> value a start applied (`default_plan`: the DEFAULT_PLAN
+                                       last seeded for, see `sentinel.services.default_plan_seed`)
 
 The rollups are written in the ledger's own transaction, only for rows that were new, so they
 hold exactly what the ledger holds (see `sentinel.governance.rollups`).
@@ -172,6 +174,17 @@ class PlanLimitRow(Base):
     metric: Mapped[str] = mapped_column(String(32), primary_key=True)
     window_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
     limit: Mapped[int] = mapped_column("limit", BigInteger, nullable=False)
+
+
+class AppliedSettingRow(Base):
+    """A setting as the last start applied it (migration 0009): `default_plan`, the DEFAULT_PLAN the
+    gateway last seeded for, so a start under another one learns which of its windows are new."""
+
+    __tablename__ = "applied_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = _created_at()
 
 
 class UsageLedgerRow(Base):

@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
-from sentinel.db.models import UsageLedgerRow
+from sentinel.db.models import UsageLedgerRow, User
 from sentinel.db.queries import added_up, insert_ignoring, picked_once, sqlite_upsert_adding, summed
 from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
@@ -304,6 +304,20 @@ class SqlLedger:
                             for i in range(0, len(sums), 3)
                         ]
         return found
+
+    async def default_plan_users_since(self, start: datetime) -> list[str]:
+        """The users with requests started since `start` in the ledger who are on the default plan (no
+        `users` row, or one naming no plan), in one query (bounded by the `finished_at` index)."""
+        row = UsageLedgerRow
+        assigned = exists().where(User.external_id == row.external_id, User.plan_name.is_not(None))
+        query = (
+            select(row.external_id)
+            .where(row.finished_at >= start, row.started_at >= start, ~assigned)
+            .distinct()
+        )
+        with database_errors("usage ledger unavailable"):
+            async with self._sessions() as session:
+                return list((await session.scalars(query)).all())
 
 
 class SqlLedgerSink:

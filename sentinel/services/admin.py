@@ -33,7 +33,7 @@ import logging
 import unicodedata
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -77,6 +77,7 @@ from sentinel.services.admin_forms import (
 )
 from sentinel.services.admin_live import LiveState, ProviderView, QuotaView
 from sentinel.services.admin_usage import PERIODS, Series, UsageReports
+from sentinel.services.window_seed import WindowSeeder, new_windows
 
 log = logging.getLogger("sentinel.admin")
 
@@ -286,7 +287,8 @@ class AdminService:
         self.clock = clock
         # The quota counters a plan change seeds from the ledger (`_seed_windows`): the gateway's own
         # limiter (`live`), or one on the store the CLI was given.
-        self.limiter = limiter if limiter is not None or live is None else live.limiter
+        limiter = limiter if limiter is not None or live is None else live.limiter
+        self.seeder = WindowSeeder(self.ledger, limiter) if limiter is not None else None
 
     def _entry(self, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> AuditLogRow:
         """The audit entry of a change, for the repository to write in the change's transaction."""
@@ -382,39 +384,16 @@ class AdminService:
     async def _seed_windows(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]]) -> str | None:
         """Seed the quota counters of each limit of the plan after the change over a (metric, window)
         the plan before it had not (`plans` reads both; no plan before: every limit of the one after —
-        the change made again, to finish what failed), in the window current now, from the ledger:
-        what each user's requests started since that window began used (requests, tokens:
-        `SqlLedger.usage_since`, one query per 500 users). A counter is raised to that figure, never
-        lowered (`QuotaLimiter.seed`), so a window new to a user starts at what the user used in it,
-        not at 0. Usage not in the ledger yet (requests still running, records still in the outbox)
-        is not in the seed. None when done (or nothing to do), else what failed."""
-        if self.limiter is None or not external_ids:
+        the change made again, to finish what failed; `window_seed.new_windows`), from the ledger
+        (`WindowSeeder.seed`: never lowering a counter). None when done (or nothing to do), else what
+        failed."""
+        if self.seeder is None or not external_ids:
             return None
         try:
             before, after = await plans()
         except GovernanceUnavailable:
             return "plan store unavailable"
-        kept = set() if before is None else {(lim.metric, lim.window_seconds) for lim in before.limits}
-        new = [lim for lim in after.limits
-               if (lim.metric, lim.window_seconds) not in kept and lim.external is None and lim.limit > 0]
-        if not new:
-            return None
-        limiter = self.limiter
-        now = limiter.clock()
-        starts = [datetime.fromtimestamp(limiter.window_start(lim, now), UTC) for lim in new]
-        try:
-            used = list((await self.ledger.usage_since(external_ids, starts)).items())
-            for at in range(0, len(used), 100):
-                await asyncio.gather(*(
-                    limiter.seed(user, [(lim, figures.of(lim.metric)) for lim, figures in zip(new, windows, strict=True)],
-                                 now)
-                    for user, windows in used[at : at + 100]
-                ))
-        except GovernanceUnavailable:
-            return "usage ledger unavailable"
-        except StoreUnavailable:
-            return "store unavailable"
-        return None
+        return await self.seeder.seed(external_ids, new_windows(before, after))
 
     async def _plan_named(self, name: str | None) -> Plan:
         """The plan `name` names (None: the default plan); one deleted meanwhile has no limits."""

@@ -5,16 +5,21 @@ store and on a real Redis, the windows on the gateway's (still) window clock."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests.api.conftest import Gateway
+from tests.conftest import REDIS_BIN, unavailable
 from tests.support.clock import FakeClock
+from tests.support.process import RedisServerProcess
+from tests.support.waiting import wait_for
 
 ADMIN_KEY = "admin-key-for-tests-0123"
 
@@ -141,3 +146,91 @@ def test_a_plan_edit_seeds_every_user_on_the_plan_in_one_go(
         plan(admin, "team", ("requests", 4, "1d"))
         assert [chat(bob) for _ in range(2)] == [200, 429]
         assert [chat(carol) for _ in range(4)] == [200, 200, 200, 429]
+
+
+def restarted(gw: Gateway, gateway_factory: Callable[..., Gateway], clock: FakeClock, default_plan: str) -> Gateway:
+    """`gw` stopped and a gateway started in its place on the same database and store (its Redis; the
+    in-process store starts empty) with another DEFAULT_PLAN, the same window clock."""
+    gw.server.stop()
+    return gateway_factory(redis_url=gw.settings.redis_url, database_url=gw.settings.database_url,
+                           admin_key=ADMIN_KEY, window_clock=clock, default_plan=default_plan)
+
+
+def test_a_default_plan_changed_by_a_restart_counts_what_its_new_window_used(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """README, Quotas: a user on the default plan who used 4 requests today, DEFAULT_PLAN changed from
+    100 a minute to 5 a day by a restart, has 1 more today, not 5."""
+    clock = FakeClock(time.time())
+    gw = gateway_factory(redis_url=backend_url, admin_key=ADMIN_KEY, window_clock=clock,
+                         usage_flush_interval_seconds=0.05, default_plan="requests=100/60s")
+    client = gw.openai()
+    assert [chat(client) for _ in range(4)] == [200] * 4
+    gw.settled_rows(4)
+    again = restarted(gw, gateway_factory, clock, "requests=5/1d")
+    assert again.quota_used() == {"requests": 4}  # seeded before the gateway served
+    assert [chat(again.openai()) for _ in range(2)] == [200, 429]
+
+
+def test_a_default_plan_change_leaves_users_on_a_plan_of_their_own_alone(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Only users on the default plan are seeded: a user on an assigned plan keeps that plan's counts."""
+    clock = FakeClock(time.time())
+    gw = gateway_factory(redis_url=backend_url, admin_key=ADMIN_KEY, window_clock=clock,
+                         usage_flush_interval_seconds=0.05, default_plan="requests=100/60s")
+    with gw.admin() as admin:
+        plan(admin, "team", ("requests", 100, "1h"))
+        put_on(admin, "alice", "team")
+    client = gw.openai()
+    assert [chat(client) for _ in range(4)] == [200] * 4
+    gw.settled_rows(4)
+    again = restarted(gw, gateway_factory, clock, "requests=5/1d")
+    day = f"sentinel:quota:{{alice}}:requests:86400:{math.floor(clock() / 86400)}"
+    assert again.read_stored(day) is None  # not on the default plan: its day is none of hers
+    with again.admin() as admin:
+        put_on(admin, "alice", None)  # on the default plan now: seeded by the plan change itself
+    assert [chat(again.openai()) for _ in range(2)] == [200, 429]
+
+
+@pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
+def test_replicas_restarted_together_under_a_new_default_plan_seed_once(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Two replicas started on the same Redis and database under the new DEFAULT_PLAN each seed its
+    new window: the counter is raised to the ledger's figure, not added to twice."""
+    clock = FakeClock(time.time())
+    gw = gateway_factory(redis_url=backend_url, admin_key=ADMIN_KEY, window_clock=clock,
+                         usage_flush_interval_seconds=0.05, default_plan="requests=100/60s")
+    assert [chat(gw.openai()) for _ in range(3)] == [200] * 3
+    gw.settled_rows(3)
+    gw.server.stop()
+    first, second = (gateway_factory(redis_url=backend_url, database_url=gw.settings.database_url,
+                                     admin_key=ADMIN_KEY, window_clock=clock, default_plan="requests=5/1d")
+                     for _ in range(2))
+    assert first.quota_used() == {"requests": 3}
+    assert [chat(second.openai()), chat(first.openai()), chat(second.openai())] == [200, 200, 429]
+
+
+def test_a_default_plan_seed_the_store_cannot_take_at_start_is_retried_in_the_background(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis away when the gateway starts under the new DEFAULT_PLAN: it starts all the same, says
+    the seed is not done, and seeds once Redis answers (the counters Redis lost come from the ledger)."""
+    if REDIS_BIN is None:
+        unavailable("redis-server binary not found")
+    assert REDIS_BIN is not None
+    clock = FakeClock(time.time())
+    day = f"sentinel:quota:{{alice}}:requests:86400:{math.floor(clock() / 86400)}"
+    with RedisServerProcess(tmp_path, REDIS_BIN) as redis_server:
+        gw = gateway_factory(redis_url=redis_server.url, admin_key=ADMIN_KEY, window_clock=clock,
+                             usage_flush_interval_seconds=0.05, default_plan="requests=100/60s")
+        assert [chat(gw.openai()) for _ in range(4)] == [200] * 4
+        gw.settled_rows(4)
+        redis_server.kill9()
+        with caplog.at_level(logging.WARNING):
+            again = restarted(gw, gateway_factory, clock, "requests=5/1d")
+        assert any("DEFAULT_PLAN's new windows not seeded yet" in r.getMessage() for r in caplog.records)
+        redis_server.start()
+        assert wait_for(lambda: again.read_stored(day) == b"4", timeout=30)
+        assert [chat(again.openai()) for _ in range(2)] == [200, 429]

@@ -14,6 +14,7 @@ SENTINEL_TABLES = (
     "users", "api_keys", "plans", "plan_limits", "usage_ledger", "usage_outbox", "tier_models",
     "usage_minutes", "usage_hours", "usage_hourly_users", "usage_hourly_models", "usage_daily_users",
     "usage_daily_models", "request_minutes", "request_hours", "audit_log", "unfinished_plan_changes",
+    "applied_settings",
 )
 
 

@@ -1,0 +1,109 @@
+"""A DEFAULT_PLAN changed by a restart seeds its new windows (README, Quotas).
+
+At start-up the gateway compares its DEFAULT_PLAN with the one the last start applied (recorded in
+the database, `AppliedSettings`): each limit over a (metric, window) that one had no limit over
+(every limit when none is recorded: the first start with this table) is seeded, for the users on the
+default plan with requests in the ledger since that window began, as a plan change an operator saves
+is (`WindowSeeder`: never lowering a counter); then the plan is recorded. Start-up waits for its
+first attempt, at most a bound (`wait`); a database or store not answering is retried in the background,
+logged, until it is done or the gateway stops. Replicas starting together each seed (a counter is
+only ever raised: harmless) and record the same plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sentinel.backoff import Backoff
+from sentinel.domain.plans import Plan, parse_plan_spec
+from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.applied_settings import DEFAULT_PLAN_SETTING, AppliedSettings
+from sentinel.observability.logging import Repeated
+from sentinel.services.window_seed import WindowSeeder, new_windows
+
+log = logging.getLogger("sentinel.quota")
+
+UNSEEDED = "DEFAULT_PLAN's new windows not seeded yet (%s): retrying; until then they count from 0"
+
+
+class DefaultPlanSeed:
+    """Seeds the windows DEFAULT_PLAN (`plan`) gained since the last start: `run_once`, or `start` to
+    retry it in the background (waits of `backoff`) until done or `stop`ped."""
+
+    def __init__(self, applied: AppliedSettings, seeder: WindowSeeder, plan: Plan, *,
+                 backoff: Backoff | None = None) -> None:
+        self.applied = applied
+        self.seeder = seeder
+        self.plan = plan
+        self.backoff = backoff or Backoff(base=1.0, cap=60.0)
+        self.done = False
+        self._repeated = Repeated(log)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._attempted = asyncio.Event()
+
+    def _before(self, recorded: str | None) -> Plan | None:
+        """The plan the last start applied (None: unknown, every window is new)."""
+        if recorded is None:
+            return None
+        try:
+            return parse_plan_spec(recorded)
+        except ValueError:  # a spelling this version no longer reads: as if none was recorded
+            return None
+
+    async def run_once(self) -> bool:
+        """Seed the new windows and record the plan; whether that is done (else logged, to retry)."""
+        spec = self.plan.spec()
+        try:
+            recorded = await self.applied.get(DEFAULT_PLAN_SETTING)
+            before = self._before(recorded)
+            new = new_windows(before, self.plan)
+            if failed := await self.seeder.seed(None, new):
+                self._repeated.warning(UNSEEDED, failed)
+                return False
+            if recorded != spec:
+                await self.applied.put(DEFAULT_PLAN_SETTING, spec)
+        except GovernanceUnavailable as exc:
+            self._repeated.warning(UNSEEDED, exc.message)
+            return False
+        self._repeated.forget(UNSEEDED)
+        if new:
+            log.info("DEFAULT_PLAN's new windows seeded from the usage ledger",
+                     extra={"before": recorded, "after": spec, "windows": [str(lim) for lim in new]})
+        self.done = True
+        return True
+
+    async def _run(self) -> None:
+        failures = 0
+        while not await self.run_once():
+            self._attempted.set()
+            failures += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.backoff.delay(failures))
+            if self._stopping.is_set():
+                return
+        self._attempted.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.ensure_future(self._run())
+
+    async def wait(self, within: float) -> None:
+        """Wait for the first attempt (at most `within` seconds): start-up serves once it is done, or
+        once it failed (a database or store not answering: retried in the background) or took longer."""
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await self._attempted.wait()
+
+    async def stop(self) -> None:
+        """Stop retrying (an attempt under way is cancelled: nothing is recorded, the next start seeds)."""
+        self._stopping.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -479,7 +479,7 @@ async def build_runtime(
     # A DEFAULT_PLAN changed since the last start seeds its new windows (built-in plans only: Zion's
     # usage is not in the local ledger); start-up waits for it within a bound, then it goes on in the background.
     default_seed = (
-        DefaultPlanSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter), admin.default_plan)
+        DefaultPlanSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter, outbox.sql), admin.default_plan)
         if not zion_mode else None
     )
     deliverer.start()

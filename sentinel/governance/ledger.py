@@ -13,7 +13,7 @@ import logging
 import operator
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -128,6 +128,11 @@ def _sqlite_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # half of strftime's cost
 
 
+def _assigned_a_plan(external_id: Any) -> Any:
+    """Whether the user `external_id` names (a column) has a plan assigned (else: the default plan)."""
+    return exists().where(User.external_id == external_id, User.plan_name.is_not(None))
+
+
 class WindowUsage(NamedTuple):
     """What one user's ledger holds of requests started in a window: requests (a request's own row or
     its charges', not the parts recorded beside it, `<request id>#<n>`) and the tokens of all."""
@@ -139,6 +144,12 @@ class WindowUsage(NamedTuple):
     def of(self, metric: str) -> int:
         """The figure a limit of `metric` counts."""
         return int(getattr(self, metric))
+
+    def plus(self, record: UsageRecord) -> WindowUsage:
+        """This usage and `record`'s, counted as `SqlLedger.usage_since` counts a row (a part's record,
+        `<request id>#<n>`, is no request of its own)."""
+        return WindowUsage(self.requests + ("#" not in record.request_id), self.input_tokens + record.input_tokens,
+                           self.output_tokens + record.output_tokens)
 
 
 class SqlLedger:
@@ -309,15 +320,26 @@ class SqlLedger:
         """The users with requests started since `start` in the ledger who are on the default plan (no
         `users` row, or one naming no plan), in one query (bounded by the `finished_at` index)."""
         row = UsageLedgerRow
-        assigned = exists().where(User.external_id == row.external_id, User.plan_name.is_not(None))
         query = (
             select(row.external_id)
-            .where(row.finished_at >= start, row.started_at >= start, ~assigned)
+            .where(row.finished_at >= start, row.started_at >= start, ~_assigned_a_plan(row.external_id))
             .distinct()
         )
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
                 return list((await session.scalars(query)).all())
+
+    async def default_plan_users_among(self, external_ids: Collection[str]) -> set[str]:
+        """Those of `external_ids` on the default plan (as `default_plan_users_since`), one query per 500."""
+        ids = sorted(external_ids)
+        found: set[str] = set(ids)
+        with database_errors("usage ledger unavailable"):
+            async with self._sessions() as session:
+                for at in range(0, len(ids), _CHUNK_ROWS):
+                    chunk = ids[at : at + _CHUNK_ROWS]
+                    query = select(User.external_id).where(User.external_id.in_(chunk), User.plan_name.is_not(None))
+                    found -= set((await session.scalars(query)).all())
+        return found
 
 
 class SqlLedgerSink:

@@ -21,11 +21,11 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
-from sentinel.db.models import UsageOutboxRow, utcnow
+from sentinel.db.models import UsageLedgerRow, UsageOutboxRow, utcnow
 from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.domain.usage import UsageRecord
 from sentinel.quiet import QuietWindow
@@ -66,6 +66,31 @@ class SqlOutbox:
                 # executemany with one cached statement (not a fresh multi-VALUES compile per batch)
                 await session.execute(insert_ignoring(session, UsageOutboxRow, ["request_id"]), rows)
                 await session.commit()
+
+    async def waiting_since(self, start: datetime) -> list[UsageRecord]:
+        """The records waiting in the table whose request started at or after `start` and that the
+        built-in ledger does not hold yet (no `usage_ledger` row of their request id, checked in the
+        same statement), read in pages of 1,000 rows: the usage a seed from the ledger misses
+        (`WindowSeeder`). A row that cannot be read is skipped (the deliverer reports it)."""
+        waiting: list[UsageRecord] = []
+        after = 0
+        in_ledger = exists().where(UsageLedgerRow.request_id == Row.request_id)
+        with database_errors("usage outbox unavailable"):
+            async with self._sessions() as session:
+                while True:
+                    rows = (await session.execute(
+                        select(Row.id, Row.payload).where(Row.id > after, ~in_ledger).order_by(Row.id).limit(1000)
+                    )).all()
+                    for _, payload in rows:
+                        try:
+                            record = UsageRecord.from_json(orjson.loads(payload))
+                        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
+                            continue
+                        if record.started_at >= start:
+                            waiting.append(record)
+                    if len(rows) < 1000:
+                        return waiting
+                    after = rows[-1][0]
 
     async def adopt(self, batch: Batch, retry_in: float) -> None:
         """Store the records of `batch` (a batch another backend held: this process's memory) as one

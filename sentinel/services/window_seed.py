@@ -3,7 +3,8 @@
 One home for what a plan change saved by an operator (`AdminService`) and a DEFAULT_PLAN changed by
 a restart (`DefaultPlanSeed`) do to a limit over a (metric, window) its users had no limit over: its
 counter, in the window current now, is raised to what each user's requests started since that
-window began used, so the window starts there rather than at 0.
+window began used (the ledger's rows and the SQL outbox's records not in it yet), so the window
+starts there rather than at 0.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from datetime import UTC, datetime
 
 from sentinel.domain.plans import Limit, Plan
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
-from sentinel.governance.ledger import SqlLedger
+from sentinel.governance.ledger import SqlLedger, WindowUsage
 from sentinel.quota.limiter import QuotaLimiter
+from sentinel.quota.outbox import SqlOutbox
 
 
 def new_windows(before: Plan | None, after: Plan) -> list[Limit]:
@@ -28,20 +30,23 @@ def new_windows(before: Plan | None, after: Plan) -> list[Limit]:
 
 
 class WindowSeeder:
-    """Raises counters from the ledger: `seed`."""
+    """Raises counters from the ledger and the usage outbox: `seed`."""
 
-    def __init__(self, ledger: SqlLedger, limiter: QuotaLimiter) -> None:
+    def __init__(self, ledger: SqlLedger, limiter: QuotaLimiter, outbox: SqlOutbox | None = None) -> None:
         self.ledger = ledger
         self.limiter = limiter
+        self.outbox = outbox  # the SQL outbox's records not in the ledger yet are counted too
 
     async def seed(self, external_ids: Sequence[str] | None, limits: Sequence[Limit]) -> str | None:
         """Seed each of `limits`' counters of `external_ids` (None: every user on the default plan with
-        requests in the ledger since the earliest of those windows began, `default_plan_users_since`),
-        in the window current now, from the ledger: what each user's requests started since that window
-        began used (requests, tokens: `SqlLedger.usage_since`, one query per 500 users). A counter is
-        raised to that figure, never lowered (`QuotaLimiter.seed`), so nothing is counted twice when a
-        seed is repeated. Usage not in the ledger yet (requests still running, records still in the
-        outbox) is not in the seed. None when done (or nothing to do), else what failed."""
+        requests since the earliest of those windows began, `SqlLedger.default_plan_users_since`), in
+        the window current now: what each user's requests started since that window began used
+        (requests, tokens) — in the ledger (`SqlLedger.usage_since`, one query per 500 users) and,
+        read after it, in the SQL outbox but not yet in the ledger (`SqlOutbox.waiting_since`: a
+        record delivered in between is counted once, by the ledger, or missed, never counted twice).
+        A counter is raised to that figure, never lowered (`QuotaLimiter.seed`), so nothing is counted
+        twice when a seed is repeated. Usage of requests still running, and of records on the Redis
+        stream, is not in the seed. None when done (or nothing to do), else what failed."""
         if not limits or external_ids is not None and not external_ids:
             return None
         limiter = self.limiter
@@ -49,15 +54,36 @@ class WindowSeeder:
         starts = [datetime.fromtimestamp(limiter.window_start(lim, now), UTC) for lim in limits]
         try:
             users = external_ids if external_ids is not None else await self.ledger.default_plan_users_since(min(starts))
-            used = list((await self.ledger.usage_since(users, starts)).items())
-            for at in range(0, len(used), 100):
+            used = await self.ledger.usage_since(users, starts)
+            if self.outbox is not None:
+                await self._add_waiting(used, users, external_ids is None, starts)
+            figures = list(used.items())
+            for at in range(0, len(figures), 100):
                 await asyncio.gather(*(
-                    limiter.seed(user, [(lim, figures.of(lim.metric)) for lim, figures in zip(limits, windows, strict=True)],
+                    limiter.seed(user, [(lim, usage.of(lim.metric)) for lim, usage in zip(limits, windows, strict=True)],
                                  now)
-                    for user, windows in used[at : at + 100]
+                    for user, windows in figures[at : at + 100]
                 ))
         except GovernanceUnavailable:
             return "usage ledger unavailable"
         except StoreUnavailable:
             return "store unavailable"
         return None
+
+    async def _add_waiting(self, used: dict[str, list[WindowUsage]], users: Sequence[str], default_plan: bool,
+                           starts: Sequence[datetime]) -> None:
+        """Add to `used` what the SQL outbox holds of `users`' requests (with `default_plan`, of any user
+        on the default plan) started in each window (`starts`) and not in the ledger yet."""
+        assert self.outbox is not None
+        waiting = await self.outbox.waiting_since(min(starts))
+        if not waiting:
+            return
+        known = set(users)
+        if default_plan:
+            known |= await self.ledger.default_plan_users_among({r.external_id for r in waiting} - known)
+        for record in waiting:
+            if record.external_id not in known:
+                continue
+            windows = used.setdefault(record.external_id, [WindowUsage(0, 0, 0)] * len(starts))
+            windows[:] = [usage.plus(record) if record.started_at >= start else usage
+                          for usage, start in zip(windows, starts, strict=True)]

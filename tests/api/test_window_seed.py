@@ -5,19 +5,27 @@ store and on a real Redis, the windows on the gateway's (still) window clock."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from sentinel.domain.usage import UsageRecord
+from sentinel.governance.ledger import SqlLedger
+from sentinel.quota.outbox import SqlOutbox
 from tests.api.conftest import Gateway
 from tests.conftest import REDIS_BIN, unavailable
+from tests.support.accounts import database
 from tests.support.clock import FakeClock
+from tests.support.outbox import usage_record
 from tests.support.process import RedisServerProcess
 from tests.support.waiting import wait_for
 
@@ -234,3 +242,57 @@ def test_a_default_plan_seed_the_store_cannot_take_at_start_is_retried_in_the_ba
         redis_server.start()
         assert wait_for(lambda: again.read_stored(day) == b"4", timeout=30)
         assert [chat(again.openai()) for _ in range(2)] == [200, 429]
+
+
+def requests_now(*request_ids: str) -> list[UsageRecord]:
+    """Usage records of alice's requests started now (in the windows current on a clock at the wall's now)."""
+    now = datetime.now(UTC)
+    return [dataclasses.replace(usage_record(rid), started_at=now, finished_at=now) for rid in request_ids]
+
+
+def left_behind(database_url: str, outbox: Sequence[UsageRecord], ledger: Sequence[UsageRecord] = ()) -> None:
+    """`outbox` waiting in the SQL outbox (as a replica or a stream outage left them, not delivered yet)
+    and `ledger` in the ledger."""
+
+    async def write() -> None:
+        async with database(database_url) as sessions:
+            if ledger:
+                await SqlLedger(sessions).record_batch(list(ledger))
+            table = SqlOutbox(sessions)
+            for record in outbox:
+                await table.put(record)
+
+    asyncio.run(write())
+
+
+def test_a_plan_change_counts_the_records_still_in_the_sql_outbox(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Usage waiting in the SQL outbox (its deliverer idle here) is the user's too: a plan change to 5 a
+    day after 4 such requests leaves 1, not 5."""
+    clock = FakeClock(time.time())
+    gw = gateway_factory(redis_url=backend_url, admin_key=ADMIN_KEY, window_clock=clock,
+                         usage_flush_interval_seconds=3600)
+    left_behind(gw.settings.database_url, requests_now("req-1", "req-2", "req-3", "req-4"))
+    with gw.admin() as admin:
+        plan(admin, "daily", ("requests", 5, "1d"))
+        put_on(admin, "alice", "daily")
+    assert gw.quota_used() == {"requests": 4}
+    assert [chat(gw.openai()) for _ in range(2)] == [200, 429]
+
+
+def test_a_record_both_in_the_outbox_and_in_the_ledger_is_counted_once(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """A record delivered to the ledger whose outbox row is not deleted yet (a deliverer that died
+    between the two) is one request, by its request id."""
+    clock = FakeClock(time.time())
+    gw = gateway_factory(redis_url=backend_url, admin_key=ADMIN_KEY, window_clock=clock,
+                         usage_flush_interval_seconds=3600)
+    delivered = requests_now("req-1", "req-2")
+    left_behind(gw.settings.database_url, [*delivered, *requests_now("req-3", "req-4")], delivered)
+    with gw.admin() as admin:
+        plan(admin, "daily", ("requests", 5, "1d"))
+        put_on(admin, "alice", "daily")
+    assert gw.quota_used() == {"requests": 4}
+    assert [chat(gw.openai()) for _ in range(2)] == [200, 429]

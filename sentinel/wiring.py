@@ -299,6 +299,7 @@ def build_admin(
     report_sessions: async_sessionmaker[AsyncSession] | None = None,
     providers: Collection[str] = (),
     limiter: QuotaLimiter | None = None,
+    usage_stream: RedisStreamOutbox | None = None,
 ) -> AdminService:
     """The operator service (console, admin API, CLI) on the database and what of the runtime is given
     (`report_sessions`: the usage reports' own, whose statements may run long; else `sessions`)."""
@@ -307,6 +308,7 @@ def build_admin(
         sessions, keys=KeyService(sessions, require_email=zion), default_plan=parse_plan_spec(s.default_plan),
         catalog_tiers=catalog_tiers, live=live, identities=identities, plan_cache=plan_cache, db_tiers=db_tiers,
         builtin=not zion, report_sessions=report_sessions, providers=providers, limiter=limiter,
+        usage_stream=usage_stream,
     )
 
 
@@ -326,7 +328,7 @@ def build_cli_admin(s: Settings, sessions: async_sessionmaker[AsyncSession], sto
     catalog = build_catalog(served)
     return build_admin(
         s, sessions, catalog_tiers=catalog.tiers, identities=identities, plan_cache=plan_cache,
-        providers=catalog.providers, limiter=limiter,
+        providers=catalog.providers, limiter=limiter, usage_stream=RedisStreamOutbox(store) if store.shared else None,
     )
 
 
@@ -469,6 +471,7 @@ async def build_runtime(
         s, sessions, catalog_tiers=catalog.tiers, live=live, identities=authenticator, plan_cache=plans,
         db_tiers=governance.tiers if isinstance(governance.tiers, DbTiers) else None,
         report_sessions=session_factory(report_engine) if report_engine is not None else None,
+        usage_stream=stream_outbox,
     )
     outcomes = RequestOutcomes()
     stats_writer = RequestStatsWriter(sessions, outcomes)
@@ -479,7 +482,7 @@ async def build_runtime(
     # A DEFAULT_PLAN changed since the last start seeds its new windows (built-in plans only: Zion's
     # usage is not in the local ledger); start-up waits for it within a bound, then it goes on in the background.
     default_seed = (
-        DefaultPlanSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter, outbox.sql), admin.default_plan)
+        DefaultPlanSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter, outbox.sql, stream_outbox), admin.default_plan)
         if not zion_mode else None
     )
     deliverer.start()

@@ -316,6 +316,17 @@ class SqlLedger:
                         ]
         return found
 
+    async def recorded(self, request_ids: Collection[str]) -> set[str]:
+        """Those of `request_ids` the ledger holds a row of, one query per 500."""
+        ids = sorted(request_ids)
+        found: set[str] = set()
+        with database_errors("usage ledger unavailable"):
+            async with self._sessions() as session:
+                for at in range(0, len(ids), _CHUNK_ROWS):
+                    query = select(UsageLedgerRow.request_id).where(UsageLedgerRow.request_id.in_(ids[at : at + _CHUNK_ROWS]))
+                    found |= set((await session.scalars(query)).all())
+        return found
+
     async def default_plan_users_since(self, start: datetime) -> list[str]:
         """The users with requests started since `start` in the ledger who are on the default plan (no
         `users` row, or one naming no plan), in one query (bounded by the `finished_at` index)."""

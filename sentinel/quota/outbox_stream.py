@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
+from datetime import datetime
 
 import orjson
 
@@ -49,6 +50,9 @@ TAKEOVER_CAP = 10_000
 # Pages of idle entries (a claim's `limit` each) one claim looks through for a batch to take over,
 # past those held for a wait; the next claim goes on from where it stopped.
 TAKEOVER_PAGES = 4
+# `waiting_since` reads the stream from this long before a window began: Redis's clock (an entry's
+# id) may run behind Sentinel's (a request's `started_at`).
+STREAM_CLOCK_SLACK_MS = 60_000
 
 _LENGTHEN_LUA = """
 local want = tonumber(ARGV[1])
@@ -282,6 +286,28 @@ class RedisStreamOutbox:
         if retry_to is not None and (wait := refused_wait(self.lease_ms / 1000, refused_times(retry_to))) * 1000 > self.lease_ms:
             # Written after: a crash between them leaves the records a lease's wait, as before.
             await self.store.set(self.hold_key(retry_to), b"1", ttl=wait)
+
+    async def waiting_since(self, start: datetime) -> list[UsageRecord]:
+        """The records on the stream (not delivered yet, or delivered and not yet deleted: the caller
+        drops what its sink holds) whose request started at or after `start`, in pages of 1,000
+        (XRANGE from `start` less STREAM_CLOCK_SLACK: an entry's id is Redis's time of its adding,
+        never before its request started but for the clocks' skew). A record that cannot be read is
+        skipped (the deliverer reports it)."""
+        since_ms = int(start.timestamp() * 1000) - STREAM_CLOCK_SLACK_MS
+        after: str | None = f"{since_ms}-0" if since_ms > 0 else None
+        waiting: list[UsageRecord] = []
+        while True:
+            page = await self.store.stream_range(self.KEY, after=after, count=1000)
+            for entry in page:
+                try:
+                    record = UsageRecord.from_json(orjson.loads(entry.fields["r"]))
+                except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
+                    continue
+                if record.started_at >= start:
+                    waiting.append(record)
+            if len(page) < 1000:
+                return waiting
+            after = page[-1].id
 
     async def depth(self) -> int:
         return await self.store.stream_len(self.KEY)

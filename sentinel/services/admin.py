@@ -65,7 +65,7 @@ from sentinel.governance.usage_stats import LedgerEntry, Ranked, UsageStats
 from sentinel.governance.users import UserDirectory, UserSummary
 from sentinel.observability.logging import clipped
 from sentinel.quota.limiter import QuotaLimiter
-from sentinel.quota.outbox import SqlOutbox
+from sentinel.quota.outbox import RedisStreamOutbox, SqlOutbox
 from sentinel.services.admin_forms import (
     LimitInput,
     check_limits,
@@ -263,6 +263,7 @@ class AdminService:
         report_sessions: async_sessionmaker[AsyncSession] | None = None,
         providers: Collection[str] = (),
         limiter: QuotaLimiter | None = None,
+        usage_stream: RedisStreamOutbox | None = None,
     ) -> None:
         self.keys = keys
         self.plan_repo = PlanRepository(sessions)
@@ -289,7 +290,10 @@ class AdminService:
         # The quota counters a plan change seeds from the ledger (`_seed_windows`): the gateway's own
         # limiter (`live`), or one on the store the CLI was given.
         limiter = limiter if limiter is not None or live is None else live.limiter
-        self.seeder = WindowSeeder(self.ledger, limiter, SqlOutbox(sessions)) if limiter is not None else None
+        # (and the records still in the SQL outbox or on the usage stream: `usage_stream`).
+        self.seeder = (
+            WindowSeeder(self.ledger, limiter, SqlOutbox(sessions), usage_stream) if limiter is not None else None
+        )
 
     def _entry(self, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> AuditLogRow:
         """The audit entry of a change, for the repository to write in the change's transaction."""

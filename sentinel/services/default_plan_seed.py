@@ -3,7 +3,7 @@
 At start-up the gateway compares its DEFAULT_PLAN with the one the last start applied (recorded in
 the database, `AppliedSettings`): each limit over a (metric, window) that one had no limit over
 (every limit when none is recorded: the first start with this table) is seeded, for the users on the
-default plan with requests in the ledger since that window began, as a plan change an operator saves
+default plan with requests since that window began (ledger, outbox), as a plan change an operator saves
 is (`WindowSeeder`: never lowering a counter); then the plan is recorded. Start-up waits for its
 first attempt, at most a bound (`wait`); a database or store not answering is retried in the background,
 logged, until it is done or the gateway stops. Replicas starting together each seed (a counter is

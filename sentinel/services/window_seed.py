@@ -3,8 +3,8 @@
 One home for what a plan change saved by an operator (`AdminService`) and a DEFAULT_PLAN changed by
 a restart (`DefaultPlanSeed`) do to a limit over a (metric, window) its users had no limit over: its
 counter, in the window current now, is raised to what each user's requests started since that
-window began used (the ledger's rows and the SQL outbox's records not in it yet), so the window
-starts there rather than at 0.
+window began used (the ledger's rows, and the records in the SQL outbox and on the usage stream
+not in it yet), so the window starts there rather than at 0.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sentinel.domain.plans import Limit, Plan
+from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
 from sentinel.governance.ledger import SqlLedger, WindowUsage
 from sentinel.quota.limiter import QuotaLimiter
-from sentinel.quota.outbox import SqlOutbox
+from sentinel.quota.outbox import RedisStreamOutbox, SqlOutbox
 
 
 def new_windows(before: Plan | None, after: Plan) -> list[Limit]:
@@ -32,21 +33,23 @@ def new_windows(before: Plan | None, after: Plan) -> list[Limit]:
 class WindowSeeder:
     """Raises counters from the ledger and the usage outbox: `seed`."""
 
-    def __init__(self, ledger: SqlLedger, limiter: QuotaLimiter, outbox: SqlOutbox | None = None) -> None:
+    def __init__(self, ledger: SqlLedger, limiter: QuotaLimiter, outbox: SqlOutbox | None = None,
+                 stream: RedisStreamOutbox | None = None) -> None:
         self.ledger = ledger
         self.limiter = limiter
-        self.outbox = outbox  # the SQL outbox's records not in the ledger yet are counted too
+        # The records waiting there and not in the ledger yet are counted too.
+        self.outbox = outbox
+        self.stream = stream
 
     async def seed(self, external_ids: Sequence[str] | None, limits: Sequence[Limit]) -> str | None:
         """Seed each of `limits`' counters of `external_ids` (None: every user on the default plan with
         requests since the earliest of those windows began, `SqlLedger.default_plan_users_since`), in
         the window current now: what each user's requests started since that window began used
         (requests, tokens) — in the ledger (`SqlLedger.usage_since`, one query per 500 users) and,
-        read after it, in the SQL outbox but not yet in the ledger (`SqlOutbox.waiting_since`: a
-        record delivered in between is counted once, by the ledger, or missed, never counted twice).
-        A counter is raised to that figure, never lowered (`QuotaLimiter.seed`), so nothing is counted
-        twice when a seed is repeated. Usage of requests still running, and of records on the Redis
-        stream, is not in the seed. None when done (or nothing to do), else what failed."""
+        read after it, in the outbox but not yet in the ledger (`_waiting`). A counter is raised to
+        that figure, never lowered (`QuotaLimiter.seed`), so nothing is counted twice when a seed is
+        repeated. Usage of requests still running is not in the seed. None when done (or nothing to
+        do), else what failed."""
         if not limits or external_ids is not None and not external_ids:
             return None
         limiter = self.limiter
@@ -55,8 +58,7 @@ class WindowSeeder:
         try:
             users = external_ids if external_ids is not None else await self.ledger.default_plan_users_since(min(starts))
             used = await self.ledger.usage_since(users, starts)
-            if self.outbox is not None:
-                await self._add_waiting(used, users, external_ids is None, starts)
+            await self._add_waiting(used, users, external_ids is None, starts)
             figures = list(used.items())
             for at in range(0, len(figures), 100):
                 await asyncio.gather(*(
@@ -70,12 +72,23 @@ class WindowSeeder:
             return "store unavailable"
         return None
 
+    async def _waiting(self, since: datetime) -> list[UsageRecord]:
+        """The records of requests started since `since` waiting in the SQL outbox and on the usage
+        stream that the ledger does not hold (read after the ledger's figures: a record delivered
+        meanwhile is dropped here, counted there or missed, never twice), one per request id."""
+        waiting = {r.request_id: r for r in await self.outbox.waiting_since(since)} if self.outbox else {}
+        if self.stream is not None:
+            streamed = {r.request_id: r for r in await self.stream.waiting_since(since)}
+            for delivered in await self.ledger.recorded(streamed):
+                del streamed[delivered]
+            waiting |= streamed
+        return list(waiting.values())
+
     async def _add_waiting(self, used: dict[str, list[WindowUsage]], users: Sequence[str], default_plan: bool,
                            starts: Sequence[datetime]) -> None:
-        """Add to `used` what the SQL outbox holds of `users`' requests (with `default_plan`, of any user
-        on the default plan) started in each window (`starts`) and not in the ledger yet."""
-        assert self.outbox is not None
-        waiting = await self.outbox.waiting_since(min(starts))
+        """Add to `used` what the outbox holds of `users`' requests (with `default_plan`, of any user on
+        the default plan) started in each window (`starts`) and not in the ledger yet."""
+        waiting = await self._waiting(min(starts))
         if not waiting:
             return
         known = set(users)

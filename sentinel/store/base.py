@@ -290,6 +290,11 @@ class Store(Protocol):
         the stream. Unknown ids are ignored; malformed ids raise ValueError before anything is
         sent; `retry` without `retry_to` is a ValueError."""
 
+    async def stream_range(self, key: str, *, after: str | None = None, count: int = 100) -> list[StreamEntry]:
+        """Up to `count` entries of the stream with ids above `after` (None: from its first), oldest
+        first, read or not by any group (XRANGE): a look at what waits, changing nothing. A missing
+        stream has none; `count <= 0` reads nothing; a malformed `after` is a ValueError."""
+
     async def stream_len(self, key: str) -> int:
         """Entries in the stream (pending or not yet read); 0 when it does not exist."""
 

@@ -238,6 +238,11 @@ class MemoryStore:
         check_settle(done, retry, retry_to)
         return self._streams.settle(key, group, consumer, done, retry, retry_to)
 
+    async def stream_range(self, key: str, *, after: str | None = None, count: int = 100) -> list[StreamEntry]:
+        if count <= 0:
+            return []
+        return self._streams.range(key, after, count)
+
     async def stream_len(self, key: str) -> int:
         return self._streams.length(key)
 

@@ -1,7 +1,7 @@
 """Streams for the in-process store: the Redis stream and consumer-group model, in plain Python.
 
 Mirrors what `RedisStore` does with XADD / XGROUP CREATE .. 0 MKSTREAM / XREADGROUP > / XPENDING
-IDLE / XCLAIM / XACK + XDEL / XGROUP DELCONSUMER / XLEN: ids `<ms>-<seq>` strictly increasing per
+IDLE / XCLAIM / XACK + XDEL / XGROUP DELCONSUMER / XLEN / XRANGE: ids `<ms>-<seq>` strictly increasing per
 stream; a group starts at the beginning of the stream; a read entry stays in the group's pending
 list, owned by the consumer that read it, until settled; an entry pending for at least
 `min_idle_ms` may be reclaimed; settling deletes. Idle time comes from the injected clock, so
@@ -148,6 +148,16 @@ class MemoryStreams:
                 if pending is not None and pending.consumer == consumer:
                     state.pending[entry_id] = _Pending(retry_to, now)
         return deleted
+
+    def range(self, key: str, after: str | None, count: int) -> list[StreamEntry]:
+        """XRANGE (`after`, +] COUNT `count`: entries above `after`, oldest first, whatever their state."""
+        above = check_stream_ids([after])[0] if after is not None else (-1, -1)
+        stream = self._streams.get(key)
+        if stream is None:
+            return []
+        found = [StreamEntry(_format(entry_id), dict(fields)) for entry_id, fields in stream.entries.items()
+                 if entry_id > above]
+        return found[:count]
 
     def length(self, key: str) -> int:
         stream = self._streams.get(key)

@@ -478,6 +478,14 @@ class RedisStore:
         async with self.guard(key):
             return int(await self._eval("stream-settle", lua.SETTLE, [key], args))
 
+    async def stream_range(self, key: str, *, after: str | None = None, count: int = 100) -> list[StreamEntry]:
+        if count <= 0:
+            return []
+        check_stream_ids([after] if after is not None else [])
+        async with self.guard(key):
+            found: Any = await self._client.xrange(key, "-" if after is None else f"({after}", "+", count=count)
+        return _entries(found)
+
     async def stream_len(self, key: str) -> int:
         async with self.guard(key):
             return int(await self._client.xlen(key))

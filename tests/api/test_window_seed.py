@@ -16,11 +16,13 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
+import redis
 
 from sentinel.domain.usage import UsageRecord
 from sentinel.governance.ledger import SqlLedger
-from sentinel.quota.outbox import SqlOutbox
+from sentinel.quota.outbox import RedisStreamOutbox, SqlOutbox
 from tests.api.conftest import Gateway
 from tests.conftest import REDIS_BIN, unavailable
 from tests.support.accounts import database
@@ -291,6 +293,38 @@ def test_a_record_both_in_the_outbox_and_in_the_ledger_is_counted_once(
                          usage_flush_interval_seconds=3600)
     delivered = requests_now("req-1", "req-2")
     left_behind(gw.settings.database_url, [*delivered, *requests_now("req-3", "req-4")], delivered)
+    with gw.admin() as admin:
+        plan(admin, "daily", ("requests", 5, "1d"))
+        put_on(admin, "alice", "daily")
+    assert gw.quota_used() == {"requests": 4}
+    assert [chat(gw.openai()) for _ in range(2)] == [200, 429]
+
+
+def on_the_stream(redis_url: str) -> list[UsageRecord]:
+    """The usage records on Redis's usage stream (not delivered: the deliverer is idle here)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [UsageRecord.from_json(orjson.loads(fields[b"r"]))
+                for _, fields in client.xrange(RedisStreamOutbox.KEY)]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
+def test_a_plan_change_counts_the_records_still_on_the_usage_stream_once(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """On Redis a request's record goes to the usage stream first: 4 requests not delivered yet (the
+    deliverer idle here), 2 of them delivered to the ledger but still on the stream (a deliverer that
+    died before deleting them), are 4 requests of the day, not 0 nor 6."""
+    assert backend_url is not None
+    clock = FakeClock(time.time())
+    gw = gateway_factory(redis_url=backend_url, admin_key=ADMIN_KEY, window_clock=clock,
+                         usage_flush_interval_seconds=3600)
+    assert [chat(gw.openai()) for _ in range(4)] == [200] * 4
+    streamed = on_the_stream(backend_url)
+    assert len(streamed) == 4
+    left_behind(gw.settings.database_url, [], streamed[:2])
     with gw.admin() as admin:
         plan(admin, "daily", ("requests", 5, "1d"))
         put_on(admin, "alice", "daily")

@@ -256,6 +256,22 @@ async def test_stream_add_returns_increasing_ids_and_len_counts(store: Store) ->
     assert await store.stream_len("sentinel:test:{missing}") == 0
 
 
+async def test_stream_range_pages_every_entry_whatever_its_state_and_changes_nothing(store: Store) -> None:
+    ids = await add(store, 5)
+    await store.stream_read(S, G, "a", 2)  # pending: still in the range
+    await store.stream_settle(S, G, "a", done=[ids[0]])  # deleted: not
+    first = await store.stream_range(S, count=2)
+    assert [e.id for e in first] == ids[1:3]
+    assert first[0].fields == {"r": b"record-1", "raw": bytes([0, 255, 1])}
+    assert [e.id for e in await store.stream_range(S, after=first[-1].id, count=10)] == ids[3:]
+    assert await store.stream_range(S, after=ids[-1]) == []
+    assert await store.stream_range(S, count=0) == []
+    assert await store.stream_range("sentinel:test:{missing}") == []
+    with pytest.raises(ValueError):
+        await store.stream_range(S, after="not-an-id")
+    assert [e.id for e in await store.stream_read(S, G, "b", 10)] == ids[2:]  # nobody's reads moved
+
+
 async def test_stream_read_hands_out_each_entry_once_oldest_first(store: Store) -> None:
     ids = await add(store, 5)
     first = await store.stream_read(S, G, "a", 3)

@@ -11,8 +11,10 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sentinel.db.models import UsageLedgerRow
+from sentinel.domain.plans import parse_limits
 from sentinel.domain.usage import Usage, UsageRecord, capped_cache, new_request_id
 from sentinel.governance.ledger import SqlLedger, WindowUsage
+from sentinel.governance.plans import PlanRepository
 
 T0 = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -190,6 +192,24 @@ async def test_usage_since_each_window_start_by_user(ledger: SqlLedger) -> None:
     assert await ledger.usage_since([], [hour]) == {} and await ledger.usage_since(["alice"], []) == {}
     many = [f"user-{i}" for i in range(1200)] + ["bob"]  # several statements' worth
     assert await ledger.usage_since(many, [day]) == {"bob": [WindowUsage(1, 5, 5)]}
+
+
+async def test_default_plan_users_and_recorded_ids(ledger: SqlLedger, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """What a DEFAULT_PLAN changed by a restart seeds (`WindowSeeder`): the users with requests since a
+    start who have no plan assigned (no row, or a row naming none), and which request ids the ledger holds."""
+    await PlanRepository(sessions).set_plan("team", parse_limits("requests=9/1h"))
+    await PlanRepository(sessions).set_user_plan("bob", "team")
+    await PlanRepository(sessions).set_user_plan("carol", "team")
+    await PlanRepository(sessions).set_user_plan("carol", None)  # back on the default plan
+    await ledger.record_batch([
+        record("a1"), record("b1", external_id="bob"), record("c1", external_id="carol"),
+        record("d0", external_id="dave", finished=T0 - timedelta(days=2)),  # before the start
+    ])
+    since = T0 - timedelta(hours=1)
+    assert sorted(await ledger.default_plan_users_since(since)) == ["alice", "carol"]
+    assert await ledger.default_plan_users_among({"bob", "carol", "erin"}) == {"carol", "erin"}
+    assert await ledger.default_plan_users_among(set()) == set()
+    assert await ledger.recorded(["a1", "c1", "x9", *(f"r{i}" for i in range(1200))]) == {"a1", "c1"}
 
 
 async def test_rows_keep_every_field(ledger: SqlLedger, sessions: async_sessionmaker[AsyncSession]) -> None:

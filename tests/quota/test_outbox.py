@@ -5,6 +5,7 @@ leases, settling), and `DurableOutbox`'s fallback from one part to the next and 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,9 +18,10 @@ from sentinel.db.engine import create_engine, session_factory
 from sentinel.db.models import UsageOutboxRow
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.ledger import SqlLedger
 from sentinel.quota.batch import REFUSED_RETRY_CAP, Batch, Claimed, is_batch_key, refused_wait
 from sentinel.quota.outbox import DurableOutbox, SqlOutbox
-from tests.support.outbox import OutboxPart, usage_record
+from tests.support.outbox import T0, OutboxPart, usage_record
 
 
 def record(request_id: str, tokens: int = 10) -> UsageRecord:
@@ -60,6 +62,18 @@ async def test_a_record_comes_back_as_it_went_in(sessions: async_sessionmaker[As
     assert batch.backend == "sql" and is_batch_key(batch.key)
     assert all(c.backend == "sql" for c in batch.items) and len({c.ref for c in batch.items}) == 2
     assert await outbox.depth() == 2  # claimed is not delivered: rows stay until settled
+
+
+async def test_waiting_since_reads_what_the_ledger_does_not_hold_yet(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """What a window's seed adds to the ledger's figures (`WindowSeeder`): records of requests started
+    since a time, but those whose request id the ledger holds already (delivered, row not deleted)."""
+    outbox = SqlOutbox(sessions)
+    early = dataclasses.replace(record("early"), started_at=T0 - timedelta(hours=2))
+    for waiting in (record("r1"), record("r2"), early):
+        await outbox.put(waiting)
+    await SqlLedger(sessions).record_batch([record("r2")])
+    assert [r.request_id for r in await outbox.waiting_since(T0 - timedelta(hours=1))] == ["r1"]
+    assert sorted(r.request_id for r in await outbox.waiting_since(T0 - timedelta(days=1))) == ["early", "r1"]
 
 
 async def test_concurrent_puts_are_group_committed(sessions: async_sessionmaker[AsyncSession]) -> None:

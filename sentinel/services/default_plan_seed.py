@@ -69,7 +69,7 @@ class DefaultPlanSeed:
             self._repeated.warning(UNSEEDED, exc.message)
             return False
         self._repeated.forget(UNSEEDED)
-        if new:
+        if new and recorded is not None:  # a change (the first start records the plan: nothing to say)
             log.info("DEFAULT_PLAN's new windows seeded from the usage ledger",
                      extra={"before": recorded, "after": spec, "windows": [str(lim) for lim in new]})
         self.done = True

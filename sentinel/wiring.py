@@ -479,10 +479,12 @@ async def build_runtime(
     rollups = RollupWorker(ledger.roll_up) if not zion_mode else None
     # Plan changes kept unfinished (the store or the database down), by this process or another (the CLI).
     finisher = PlanFinisher(admin.finish_plan_changes) if not zion_mode else None
-    # A DEFAULT_PLAN changed since the last start seeds its new windows (built-in plans only: Zion's
-    # usage is not in the local ledger); start-up waits for it within a bound, then it goes on in the background.
+    # A DEFAULT_PLAN changed since the last start seeds its new windows — on the in-process store, which
+    # kept no counter, every window of every user's plan (built-in plans only: Zion's usage is not in
+    # the local ledger); start-up waits for it within a bound, then it goes on in the background.
     default_seed = (
-        DefaultPlanSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter, outbox.sql, stream_outbox), admin.default_plan)
+        DefaultPlanSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter, outbox.sql, stream_outbox),
+                        admin.default_plan, plans=None if store.shared else PlanRepository(sessions))
         if not zion_mode else None
     )
     deliverer.start()

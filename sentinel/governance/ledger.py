@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, case, exists, func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -126,11 +126,6 @@ def _roll_up_sqlite(limit: int, connection: sqlite3.Connection) -> int:
 def _sqlite_time(value: datetime) -> str:
     """How SQLAlchemy stores a UTC datetime in SQLite (naive UTC, microseconds)."""
     return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # half of strftime's cost
-
-
-def _assigned_a_plan(external_id: Any) -> Any:
-    """Whether the user `external_id` names (a column) has a plan assigned (else: the default plan)."""
-    return exists().where(User.external_id == external_id, User.plan_name.is_not(None))
 
 
 class WindowUsage(NamedTuple):
@@ -327,30 +322,42 @@ class SqlLedger:
                     found |= set((await session.scalars(query)).all())
         return found
 
-    async def default_plan_users_since(self, start: datetime) -> list[str]:
-        """The users with requests started since `start` in the ledger who are on the default plan (no
-        `users` row, or one naming no plan), in one query (bounded by the `finished_at` index)."""
+    async def users_since(self, start: datetime) -> dict[str, str | None]:
+        """The users with requests started since `start` in the ledger, each with the name of the plan
+        assigned to them (None: the default plan — no `users` row, or one naming no plan), in one
+        query (bounded by the `finished_at` index)."""
         row = UsageLedgerRow
         query = (
-            select(row.external_id)
-            .where(row.finished_at >= start, row.started_at >= start, ~_assigned_a_plan(row.external_id))
+            select(row.external_id, User.plan_name)
+            .outerjoin(User, User.external_id == row.external_id)
+            .where(row.finished_at >= start, row.started_at >= start)
             .distinct()
         )
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
-                return list((await session.scalars(query)).all())
+                return {user: plan for user, plan in (await session.execute(query)).all()}
 
-    async def default_plan_users_among(self, external_ids: Collection[str]) -> set[str]:
-        """Those of `external_ids` on the default plan (as `default_plan_users_since`), one query per 500."""
+    async def default_plan_users_since(self, start: datetime) -> list[str]:
+        """Those of `users_since(start)` on the default plan."""
+        return [user for user, plan in (await self.users_since(start)).items() if plan is None]
+
+    async def plans_among(self, external_ids: Collection[str]) -> dict[str, str | None]:
+        """Each of `external_ids` with the name of the plan assigned to them (None: the default plan,
+        as `users_since`), one query per 500."""
         ids = sorted(external_ids)
-        found: set[str] = set(ids)
+        found: dict[str, str | None] = dict.fromkeys(ids)
         with database_errors("usage ledger unavailable"):
             async with self._sessions() as session:
                 for at in range(0, len(ids), _CHUNK_ROWS):
                     chunk = ids[at : at + _CHUNK_ROWS]
-                    query = select(User.external_id).where(User.external_id.in_(chunk), User.plan_name.is_not(None))
-                    found -= set((await session.scalars(query)).all())
+                    query = select(User.external_id, User.plan_name).where(
+                        User.external_id.in_(chunk), User.plan_name.is_not(None))
+                    found.update((await session.execute(query)).tuples().all())
         return found
+
+    async def default_plan_users_among(self, external_ids: Collection[str]) -> set[str]:
+        """Those of `external_ids` on the default plan (`plans_among`)."""
+        return {user for user, plan in (await self.plans_among(external_ids)).items() if plan is None}
 
 
 class SqlLedgerSink:

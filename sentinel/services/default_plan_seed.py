@@ -1,11 +1,15 @@
-"""A DEFAULT_PLAN changed by a restart seeds its new windows (README, Quotas).
+"""A start seeds the quota windows the store does not hold a count of (README, Quotas).
 
-At start-up the gateway compares its DEFAULT_PLAN with the one the last start applied (recorded in
-the database, `AppliedSettings`): each limit over a (metric, window) that one had no limit over
-(every limit when none is recorded: the first start with this table) is seeded, for the users on the
-default plan with requests since that window began (ledger, outbox), as a plan change an operator saves
-is (`WindowSeeder`: never lowering a counter); then the plan is recorded. Start-up waits for its
-first attempt, at most a bound (`wait`); a database or store not answering is retried in the background,
+On Redis, which keeps its counters, only the windows DEFAULT_PLAN gained since the last start are:
+the gateway compares its DEFAULT_PLAN with the one the last start applied (recorded in the database,
+`AppliedSettings`); each limit over a (metric, window) that one had no limit over (every limit when
+none is recorded: the first start with this table) is seeded, for the users on the default plan with
+requests since that window began (ledger, outbox), as a plan change an operator saves is
+(`WindowSeeder`: never lowering a counter). On the in-process store (`plans` given), which keeps no
+counter across a restart, every window of every user's plan is seeded, for the users with requests
+since the earliest of those windows began (`WindowSeeder.seed_every_user`): a user who used 4 of 5
+today is left 1 after a restart, not 5. Then the plan is recorded. Start-up waits for its first
+attempt, at most a bound (`wait`); a database or store not answering is retried in the background,
 logged, until it is done or the gateway stops. Replicas starting together each seed (a counter is
 only ever raised: harmless) and record the same plan.
 """
@@ -20,23 +24,29 @@ from sentinel.backoff import Backoff
 from sentinel.domain.plans import Plan, parse_plan_spec
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.applied_settings import DEFAULT_PLAN_SETTING, AppliedSettings
+from sentinel.governance.plans import PlanRepository
 from sentinel.observability.logging import Repeated
 from sentinel.services.window_seed import WindowSeeder, new_windows
 
 log = logging.getLogger("sentinel.quota")
 
 UNSEEDED = "DEFAULT_PLAN's new windows not seeded yet (%s): retrying; until then they count from 0"
+# On the in-process store: every window of every user's plan.
+UNSEEDED_ALL = "quota counters not seeded from the usage ledger yet (%s): retrying; until then they count from 0"
 
 
 class DefaultPlanSeed:
-    """Seeds the windows DEFAULT_PLAN (`plan`) gained since the last start: `run_once`, or `start` to
-    retry it in the background (waits of `backoff`) until done or `stop`ped."""
+    """Seeds the windows DEFAULT_PLAN (`plan`) gained since the last start — with `plans` (the
+    in-process store), every window of every user's plan: `run_once`, or `start` to retry it in the
+    background (waits of `backoff`) until done or `stop`ped."""
 
     def __init__(self, applied: AppliedSettings, seeder: WindowSeeder, plan: Plan, *,
-                 backoff: Backoff | None = None) -> None:
+                 plans: PlanRepository | None = None, backoff: Backoff | None = None) -> None:
         self.applied = applied
         self.seeder = seeder
         self.plan = plan
+        self.plans = plans
+        self.unseeded = UNSEEDED if plans is None else UNSEEDED_ALL
         self.backoff = backoff or Backoff(base=1.0, cap=60.0)
         self.done = False
         self._repeated = Repeated(log)
@@ -54,21 +64,25 @@ class DefaultPlanSeed:
             return None
 
     async def run_once(self) -> bool:
-        """Seed the new windows and record the plan; whether that is done (else logged, to retry)."""
+        """Seed the windows and record the plan; whether that is done (else logged, to retry)."""
         spec = self.plan.spec()
         try:
             recorded = await self.applied.get(DEFAULT_PLAN_SETTING)
-            before = self._before(recorded)
-            new = new_windows(before, self.plan)
-            if failed := await self.seeder.seed(None, new):
-                self._repeated.warning(UNSEEDED, failed)
+            new = new_windows(self._before(recorded), self.plan)
+            if self.plans is None:
+                failed = await self.seeder.seed(None, new)
+            else:
+                plans = {plan.name: plan for plan in await self.plans.list_plans()}
+                failed = await self.seeder.seed_every_user(plans, self.plan)
+            if failed:
+                self._repeated.warning(self.unseeded, failed)
                 return False
             if recorded != spec:
                 await self.applied.put(DEFAULT_PLAN_SETTING, spec)
         except GovernanceUnavailable as exc:
-            self._repeated.warning(UNSEEDED, exc.message)
+            self._repeated.warning(self.unseeded, exc.message)
             return False
-        self._repeated.forget(UNSEEDED)
+        self._repeated.forget(self.unseeded)
         if new and recorded is not None:  # a change (the first start records the plan: nothing to say)
             log.info("DEFAULT_PLAN's new windows seeded from the usage ledger",
                      extra={"before": recorded, "after": spec, "windows": [str(lim) for lim in new]})

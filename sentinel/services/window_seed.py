@@ -4,13 +4,14 @@ One home for what a plan change saved by an operator (`AdminService`) and a DEFA
 a restart (`DefaultPlanSeed`) do to a limit over a (metric, window) its users had no limit over: its
 counter, in the window current now, is raised to what each user's requests started since that
 window began used (the ledger's rows, and the records in the SQL outbox and on the usage stream
-not in it yet), so the window starts there rather than at 0.
+not in it yet), so the window starts there rather than at 0 — and of what a start on the in-process
+store does to every window of every user's plan, since that store kept no counter (`seed_every_user`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from sentinel.domain.plans import Limit, Plan
@@ -70,6 +71,36 @@ class WindowSeeder:
             return "usage ledger unavailable"
         except StoreUnavailable:
             return "store unavailable"
+        return None
+
+    async def seed_every_user(self, plans: Mapping[str, Plan], default: Plan) -> str | None:
+        """Seed every window of each user's plan (`plans`, by name; no plan assigned: `default`), but
+        Zion's and limits of 0 (`new_windows`), for every user with requests started since the earliest
+        of those windows began — in the ledger (`SqlLedger.users_since`, one query) or waiting in the
+        outbox —, one `seed` per plan (its users' usage one query per 500 users): what a store that
+        kept no counter (the in-process one, at start-up) needs. None when done, else what failed."""
+        limits: dict[str | None, list[Limit]] = {name: new_windows(None, plan) for name, plan in plans.items()}
+        limits[None] = new_windows(None, default)
+        windows = [lim for found in limits.values() for lim in found]
+        if not windows:
+            return None
+        now = self.limiter.clock()
+        since = datetime.fromtimestamp(min(self.limiter.window_start(lim, now) for lim in windows), UTC)
+        try:
+            users = await self.ledger.users_since(since)
+            waiting = {record.external_id for record in await self._waiting(since)} - users.keys()
+            users |= await self.ledger.plans_among(waiting)
+        except GovernanceUnavailable:
+            return "usage ledger unavailable"
+        except StoreUnavailable:
+            return "store unavailable"
+        on_plan: dict[str | None, list[str]] = {}
+        for user, name in users.items():
+            on_plan.setdefault(name, []).append(user)
+        for name, members in on_plan.items():
+            # A plan made since `plans` was read: assigning it seeded its users' windows (`AdminService`).
+            if name in limits and (failed := await self.seed(sorted(members), limits[name])):
+                return failed
         return None
 
     async def _waiting(self, since: datetime) -> list[UsageRecord]:

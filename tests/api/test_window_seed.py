@@ -26,6 +26,7 @@ from sentinel.quota.outbox import RedisStreamOutbox, SqlOutbox
 from tests.api.conftest import Gateway
 from tests.conftest import REDIS_BIN, unavailable
 from tests.support.accounts import database
+from tests.support.attack import ledger_rows
 from tests.support.clock import FakeClock
 from tests.support.outbox import usage_record
 from tests.support.process import RedisServerProcess
@@ -330,3 +331,91 @@ def test_a_plan_change_counts_the_records_still_on_the_usage_stream_once(
         put_on(admin, "alice", "daily")
     assert gw.quota_used() == {"requests": 4}
     assert [chat(gw.openai()) for _ in range(2)] == [200, 429]
+
+
+# A restart on the embedded in-process store (README, Quotas): the store kept no counter, so the start
+# seeds every window of every user's plan from the ledger, whether DEFAULT_PLAN changed or not.
+
+
+def restarted_alike(gw: Gateway, gateway_factory: Callable[..., Gateway], clock: FakeClock) -> Gateway:
+    """`gw` stopped and one started in its place on the same database, under the same DEFAULT_PLAN."""
+    return restarted(gw, gateway_factory, clock, gw.settings.default_plan)
+
+
+def refused_changes_nothing(gw: Gateway, ask: Callable[[], int]) -> None:
+    """`ask()` is refused 429 and leaves the counters as they were, and the ledger too: its rows, once
+    the gateway stopped (its records all delivered), are the ones it held before."""
+    used = gw.quota_used()
+    rows = len(ledger_rows(gw.settings.database_url, "alice"))
+    assert ask() == 429
+    assert gw.quota_used() == used
+    gw.server.stop()
+    assert len(ledger_rows(gw.settings.database_url, "alice")) == rows
+
+
+@pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
+def test_a_restart_on_the_in_process_store_keeps_what_an_assigned_plan_counted(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """alice on 5 requests a day used 4: the gateway restarted (a deploy, a crash) serves her 1 more, not 5."""
+    gw, clock = started(gateway_factory, backend_url)
+    with gw.admin() as admin:
+        plan(admin, "daily", ("requests", 5, "1d"))
+        put_on(admin, "alice", "daily")
+    assert [chat(gw.openai()) for _ in range(4)] == [200] * 4
+    gw.settled_rows(4)
+    again = restarted_alike(gw, gateway_factory, clock)
+    assert again.quota_used() == {"requests": 4}  # seeded before the gateway served
+    client = again.openai()
+    assert chat(client) == 200
+    refused_changes_nothing(again, lambda: chat(client))
+
+
+@pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
+def test_a_restart_on_the_in_process_store_keeps_what_the_default_plan_counted(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    clock = FakeClock(time.time())
+    gw = gateway_factory(redis_url=backend_url, admin_key=ADMIN_KEY, window_clock=clock,
+                         usage_flush_interval_seconds=0.05, default_plan="requests=5/1d")
+    assert [chat(gw.openai()) for _ in range(4)] == [200] * 4
+    gw.settled_rows(4)
+    again = restarted_alike(gw, gateway_factory, clock)
+    assert again.quota_used() == {"requests": 4}
+    client = again.openai()
+    assert chat(client) == 200
+    refused_changes_nothing(again, lambda: chat(client))
+
+
+def chat_reserving(client: openai.OpenAI, max_tokens: int) -> int:
+    """One chat request's status, reserving `max_tokens` output tokens."""
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "seed me"}],
+                                       max_tokens=max_tokens)
+    except openai.APIStatusError as exc:
+        return exc.status_code
+    return 200
+
+
+@pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
+def test_a_restart_on_the_in_process_store_keeps_the_tokens_counted(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """Each token metric's window starts at the tokens of the day's requests: an output limit with room
+    for one more request's reservation (not two) admits one after the restart, then refuses."""
+    gw, clock = started(gateway_factory, backend_url)
+    with gw.admin() as admin:
+        plan(admin, "tokens", ("input_tokens", 1_000_000, "1d"), ("output_tokens", 1_000_000, "1d"))
+        put_on(admin, "alice", "tokens")
+        assert [chat_reserving(gw.openai(), 100) for _ in range(2)] == [200] * 2
+        rows = gw.settled_rows(2)
+        used = {"input_tokens": sum(row["input_tokens"] for row in rows),
+                "output_tokens": sum(row["output_tokens"] for row in rows)}
+        assert used["input_tokens"] > 0 and used["output_tokens"] > 0
+        # The same windows, so the counters are kept: room for one more reservation of 100.
+        plan(admin, "tokens", ("input_tokens", 1_000_000, "1d"), ("output_tokens", used["output_tokens"] + 100, "1d"))
+    again = restarted_alike(gw, gateway_factory, clock)
+    assert again.quota_used() == used
+    client = again.openai()
+    assert chat_reserving(client, 100) == 200
+    refused_changes_nothing(again, lambda: chat_reserving(client, 100))

@@ -487,15 +487,17 @@ async def build_runtime(
                         admin.default_plan, plans=None if store.shared else PlanRepository(sessions))
         if not zion_mode else None
     )
+    # The seed's first attempt before the deliverer starts: records a crash left in the outbox are read
+    # there by the seed, not moved to the ledger between its reads of the two (missed by both).
+    if default_seed is not None:
+        default_seed.start()
+        await default_seed.wait(s.database_timeout_seconds)
     deliverer.start()
     stats_writer.start()
     if rollups is not None:
         rollups.start()
     if finisher is not None:
         finisher.start()
-    if default_seed is not None:
-        default_seed.start()
-        await default_seed.wait(s.database_timeout_seconds)
     redact = Redactor(configured_secrets(s, catalog))
     if isinstance(tracing, OtelTracing):
         tracing.redact = redact

@@ -419,3 +419,20 @@ def test_a_restart_on_the_in_process_store_keeps_the_tokens_counted(
     client = again.openai()
     assert chat_reserving(client, 100) == 200
     refused_changes_nothing(again, lambda: chat_reserving(client, 100))
+
+
+@pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
+def test_a_restart_on_the_in_process_store_counts_what_a_crash_left_in_the_sql_outbox(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None
+) -> None:
+    """alice's 4 requests of the day are only in the SQL outbox (none in the ledger): the start finds her
+    there and seeds her plan's window before its deliverer moves them to the ledger under the seed's reads."""
+    gw, clock = started(gateway_factory, backend_url)
+    with gw.admin() as admin:
+        plan(admin, "daily", ("requests", 5, "1d"))
+        put_on(admin, "alice", "daily")
+    gw.server.stop()
+    left_behind(gw.settings.database_url, requests_now("req-1", "req-2", "req-3", "req-4"))
+    again = restarted_alike(gw, gateway_factory, clock)
+    assert again.quota_used() == {"requests": 4}
+    assert [chat(again.openai()) for _ in range(2)] == [200, 429]

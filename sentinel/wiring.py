@@ -76,12 +76,12 @@ from sentinel.routing.selection import WeightedSelector
 from sentinel.routing.sessions import SessionStore
 from sentinel.services.admin import AdminService
 from sentinel.services.admin_live import LiveState
-from sentinel.services.default_plan_seed import DefaultPlanSeed
 from sentinel.services.messages import MessagesService
 from sentinel.services.models import ModelList
 from sentinel.services.native_chat import NativeChat
 from sentinel.services.plan_finisher import PlanFinisher
 from sentinel.services.relay import OpenAIRelay
+from sentinel.services.startup_seed import StartupSeed
 from sentinel.services.translated_chat import TranslatedChat
 from sentinel.services.window_seed import WindowSeeder
 from sentinel.store import Store, check_eviction, create_store
@@ -482,16 +482,16 @@ async def build_runtime(
     # A DEFAULT_PLAN changed since the last start seeds its new windows — on the in-process store, which
     # kept no counter, every window of every user's plan (built-in plans only: Zion's usage is not in
     # the local ledger); start-up waits for it within a bound, then it goes on in the background.
-    default_seed = (
-        DefaultPlanSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter, outbox.sql, stream_outbox),
-                        admin.default_plan, plans=None if store.shared else PlanRepository(sessions))
+    startup_seed = (
+        StartupSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter, outbox.sql, stream_outbox),
+                    admin.default_plan, plans=None if store.shared else PlanRepository(sessions))
         if not zion_mode else None
     )
     # The seed's first attempt before the deliverer starts: records a crash left in the outbox are read
     # there by the seed, not moved to the ledger between its reads of the two (missed by both).
-    if default_seed is not None:
-        default_seed.start()
-        await default_seed.wait(s.database_timeout_seconds)
+    if startup_seed is not None:
+        startup_seed.start()
+        await startup_seed.wait(s.database_timeout_seconds)
     deliverer.start()
     stats_writer.start()
     if rollups is not None:
@@ -521,7 +521,7 @@ async def build_runtime(
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
         # their records go to the outbox and the ledger the next closers flush and close (the streams
         # read on after their clients left cut before: each settles as it stands).
-        closers=[*([default_seed.stop] if default_seed else []), lambda: meter.drain(s.shutdown_timeout_seconds),
+        closers=[*([startup_seed.stop] if startup_seed else []), lambda: meter.drain(s.shutdown_timeout_seconds),
                  lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
                  *([finisher.stop] if finisher else []),
                  http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []),

@@ -20,7 +20,7 @@ models mirror it (a test compares the two) and are what the repositories query w
                                        dropped) the store or the database did not take: a gateway
                                        finishes each and deletes it (`sentinel.services.plan_finisher`)
     applied_settings                   name -> value a start applied (`default_plan`: the DEFAULT_PLAN
-                                       last seeded for, see `sentinel.services.default_plan_seed`)
+                                       last seeded for, see `sentinel.services.startup_seed`)
 
 The rollups are written in the ledger's own transaction, only for rows that were new, so they
 hold exactly what the ledger holds (see `sentinel.governance.rollups`).

@@ -1,7 +1,7 @@
 """Settings as the last start applied them, in the built-in database (`applied_settings`).
 
 A setting whose change at a restart has work to do — DEFAULT_PLAN's new windows, seeded from the
-ledger (`sentinel.services.default_plan_seed`) — is recorded here once that work is done, so the next
+ledger (`sentinel.services.startup_seed`) — is recorded here once that work is done, so the next
 start compares its own value with the last one applied. The database, not the store: it is where
 the plans and the ledger the seed reads live, it outlives a store that loses its data (the
 in-process one at every restart), and every replica sees the same row.

@@ -1,7 +1,7 @@
 """Seed the quota counters of windows new to users from the usage ledger (README, Quotas).
 
 One home for what a plan change saved by an operator (`AdminService`) and a DEFAULT_PLAN changed by
-a restart (`DefaultPlanSeed`) do to a limit over a (metric, window) its users had no limit over: its
+a restart (`StartupSeed`) do to a limit over a (metric, window) its users had no limit over: its
 counter, in the window current now, is raised to what each user's requests started since that
 window began used (the ledger's rows, and the records in the SQL outbox and on the usage stream
 not in it yet), so the window starts there rather than at 0 — and of what a start on the in-process

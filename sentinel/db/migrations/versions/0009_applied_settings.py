@@ -1,5 +1,5 @@
 """The settings a start applied: `applied_settings` (name, value), one row `default_plan` holding the
-DEFAULT_PLAN the gateway last seeded quota windows for (`sentinel.services.default_plan_seed`).
+DEFAULT_PLAN the gateway last seeded quota windows for (`sentinel.services.startup_seed`).
 
 A new table, empty: the first start after it seeds every window of its DEFAULT_PLAN (never lowering
 a counter) and records the plan.

@@ -35,7 +35,7 @@ UNSEEDED = "DEFAULT_PLAN's new windows not seeded yet (%s): retrying; until then
 UNSEEDED_ALL = "quota counters not seeded from the usage ledger yet (%s): retrying; until then they count from 0"
 
 
-class DefaultPlanSeed:
+class StartupSeed:
     """Seeds the windows DEFAULT_PLAN (`plan`) gained since the last start — with `plans` (the
     in-process store), every window of every user's plan: `run_once`, or `start` to retry it in the
     background (waits of `backoff`) until done or `stop`ped."""

@@ -521,7 +521,7 @@ async def build_runtime(
         # Settlements under way first (requests cancelled past the shutdown deadline finish theirs):
         # their records go to the outbox and the ledger the next closers flush and close (the streams
         # read on after their clients left cut before: each settles as it stands).
-        closers=[*([startup_seed.stop] if startup_seed else []), lambda: meter.drain(s.shutdown_timeout_seconds),
+        closers=[lambda: meter.drain(s.shutdown_timeout_seconds), *([startup_seed.stop] if startup_seed else []),
                  lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
                  *([finisher.stop] if finisher else []),
                  http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []),

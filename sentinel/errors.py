@@ -222,9 +222,10 @@ class PlanChangeIncomplete(StoreUnavailable):
     its follow-up was not done: the cached plans of its users could not be dropped from the store
     (they may be enforced until they expire) or its new windows' counters seeded. `finishing`: the
     change is kept in the database and a running gateway finishes it once the store (and the
-    database) answer; else (the database could not keep it either) making the change again does
-    (for a deleted plan: putting its users on the default plan again). `users`: whose cached plans
-    were not dropped (the first 100 in `details`)."""
+    database) answer — always so since the follow-up is written with the change, in its transaction;
+    the key stays for the clients that read it. Making the change again finishes it at once (for a
+    deleted plan: putting its users on the default plan again). `users`: whose cached plans were not
+    dropped (the first 100 in `details`)."""
 
     code = "plan_change_incomplete"
 

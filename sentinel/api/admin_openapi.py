@@ -123,8 +123,8 @@ def _errors(*codes: str) -> dict[str, Any]:
                    "not drop its cached validation; revoke it again once the store answers. "
                    "`plan_change_incomplete`: the plan change is saved but the store could not drop its users' "
                    "cached plans (`details.users`) or the store or the database seed its new windows' counters; "
-                   "with `details.finishing` true it is kept and a running gateway finishes it by itself once "
-                   "they answer, else make it again then)"}
+                   "it is kept (`details.finishing`: always true) and a running gateway finishes it by itself "
+                   "once they answer; making it again finishes it at once)"}
     return {code: _json(_ref("Error"), text[code]) for code in ("401", "429", *codes)}
 
 

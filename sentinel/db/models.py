@@ -17,8 +17,8 @@ models mirror it (a test compares the two) and are what the repositories query w
     request_minutes / request_hours    every API answer by kind (refused and failed ones too)
     audit_log                          operator actions (plans, plan assignments, keys, tiers)
     unfinished_plan_changes            plan changes saved whose follow-up (counters seeded, cached plans
-                                       dropped) the store or the database did not take: a gateway
-                                       finishes each and deletes it (`sentinel.services.plan_finisher`)
+                                       dropped) is not done yet: written with the change, deleted once
+                                       done, by its process or by a gateway (`services.plan_finisher`)
     applied_settings                   name -> value a start applied (`default_plan`: the DEFAULT_PLAN
                                        last seeded for, see `sentinel.services.startup_seed`)
 
@@ -406,10 +406,11 @@ class AuditLogRow(Base):
 
 
 class UnfinishedPlanChangeRow(Base):
-    """A plan change saved in the database whose follow-up failed (migration 0008): its users' cached
-    plans still to drop, its new windows' counters still to seed. `users`: a JSON list of external
-    ids; `plan_before`/`plan_after`: the plans' limits (`Plan.spec`) — `plan_before` NULL: every
-    window of the plan after is seeded; `plan_after` NULL: each user's plan as it stands then."""
+    """A plan change saved in the database whose follow-up is not done yet (migration 0008), written in
+    the change's transaction: its users' cached plans still to drop, its new windows' counters still
+    to seed. `users`: a JSON list of external ids; `plan_before`/`plan_after`: the plans' limits
+    (`Plan.spec`) — `plan_before` NULL: every window of the plan after is seeded; `plan_after` NULL
+    (kept so by 0008's version only): each user's plan as it stands then."""
 
     __tablename__ = "unfinished_plan_changes"
 

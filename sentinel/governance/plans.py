@@ -14,7 +14,7 @@ from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sentinel.db.engine import database_errors
-from sentinel.db.models import AuditLogRow, PlanLimitRow, PlanRow, User, utcnow
+from sentinel.db.models import AuditLogRow, PlanLimitRow, PlanRow, UnfinishedPlanChangeRow, User, utcnow
 from sentinel.db.queries import ensure_user, insert_ignoring
 from sentinel.domain.plans import MAX_PLAN_LIMITS, Limit, Metric, Plan
 from sentinel.errors import NotFound
@@ -78,7 +78,12 @@ async def _limits_of(session: AsyncSession, name: str) -> list[Limit]:
 
 
 class PlanRepository:
-    """The operator side of plans: define them, list them, put users on them."""
+    """The operator side of plans: define them, list them, put users on them.
+
+    Each change takes an `audit` (its audit entry) and an `unfinished` (the row of its follow-up,
+    `sentinel.governance.unfinished_plans`; None: none to do), each written in the change's own
+    transaction: a change is saved with both or not at all, so no crash between the save and the
+    follow-up loses the follow-up."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -86,12 +91,13 @@ class PlanRepository:
     async def set_plan(
         self, name: str, limits: Sequence[Limit], *, merge: bool = False, create: bool = False,
         audit: Callable[[PlanChange], AuditLogRow] | None = None,
+        unfinished: Callable[[PlanChange], UnfinishedPlanChangeRow | None] | None = None,
     ) -> PlanChange:
         """Create plan `name` or replace all of its limits with `limits` (`merge`: only those of the
         same metric and window); with `create`, PlanExists (nothing written) when it exists;
         ValueError (nothing written) when the plan would hold more than MAX_PLAN_LIMITS limits or
         two of one metric and window. `audit`: the audit entry of the change, written in its
-        transaction (not written, nothing is). A new plan whose name equals an existing one's but for
+        transaction (not written, nothing is), as is `unfinished`'s row. A new plan whose name equals an existing one's but for
         case (`pro` beside `Pro`: alike on the console) is PlanExists (the existing name), nothing
         written; plans stored so earlier keep working.
 
@@ -143,16 +149,19 @@ class PlanRepository:
                 change = PlanChange(before, Plan(name, tuple(sorted(merged, key=_read_order))), tuple(users.all()))
                 if audit is not None:
                     session.add(audit(change))
+                if unfinished is not None and (row := unfinished(change)) is not None:
+                    session.add(row)
                 await session.commit()
         return change
 
     async def delete_plan(
-        self, name: str, audit: Callable[[Plan, list[str]], AuditLogRow] | None = None
+        self, name: str, audit: Callable[[Plan, list[str]], AuditLogRow] | None = None,
+        unfinished: Callable[[Plan, list[str]], UnfinishedPlanChangeRow | None] | None = None,
     ) -> list[str] | None:
         """Delete a plan and its limits and put its users on the default plan, in one transaction;
         the external ids of those users (whose cached plans are stale), or None for an unknown plan.
         `audit`: the entry of the deletion (given the plan as deleted and its users), written in
-        that transaction.
+        that transaction, as is `unfinished`'s row (given the same).
 
         `users.plan_name` has no foreign key (see `sentinel.db.models`), so the users are cleared
         here: a name left behind would give them any plan created later under that name. The plan's
@@ -177,6 +186,8 @@ class PlanRepository:
                 users = list(moved.all())
                 if audit is not None:
                     session.add(audit(plan, users))
+                if unfinished is not None and (row := unfinished(plan, users)) is not None:
+                    session.add(row)
                 await session.commit()
                 return users
 
@@ -190,12 +201,14 @@ class PlanRepository:
         return await self._load(None)
 
     async def set_user_plan(
-        self, external_id: str, plan_name: str | None, audit: Callable[[str | None], AuditLogRow] | None = None
+        self, external_id: str, plan_name: str | None, audit: Callable[[str | None], AuditLogRow] | None = None,
+        unfinished: Callable[[Plan | None, Plan | None], UnfinishedPlanChangeRow | None] | None = None,
     ) -> None:
         """Put a user (created if missing) on `plan_name`; None returns them to the default plan.
         `audit`: the entry of the assignment, given the plan the user was on (None: the default),
         read and written in its transaction, the user's row held (concurrent assignments of one user
-        each see the one before).
+        each see the one before); `unfinished`'s row likewise, given the plans before and after as
+        read there (None: the default plan).
 
         Raises NotFound when the plan does not exist, also when a concurrent `delete_plan` removed it
         between the check and the write: the name is written only while the plan exists (on
@@ -223,6 +236,11 @@ class PlanRepository:
                     raise NotFound(f"plan {clipped(plan_name or '')!r} does not exist", code="plan_not_found")
                 if audit is not None:
                     session.add(audit(previous))
+                if unfinished is not None:
+                    plans = [None if n is None else Plan(n, tuple(await _limits_of(session, n)))
+                             for n in (previous, plan_name)]
+                    if (row := unfinished(plans[0], plans[1])) is not None:
+                        session.add(row)
                 await session.commit()
 
     async def plan_for_user(self, external_id: str) -> Plan | None:

@@ -1,12 +1,14 @@
-"""Plan changes saved in the database whose follow-up failed, kept there until one is finished.
+"""Plan changes saved in the database whose follow-up is not done yet, kept there until it is.
 
 A plan change is saved (and audited) first; its follow-up — the counters of its new windows seeded
-from the ledger, its users' cached plans dropped from the store — comes after, and when the store or
-the database cannot take it the change is written here (`add`), durably, so that a running gateway
-finishes it once both answer (`sentinel.services.plan_finisher`) and deletes it (`done`), whichever
-process made it (the admin API, the console, the command line) and across restarts. Finishing one
-twice is harmless: a seed only ever raises a counter to what the ledger holds, and dropping a
-cached plan again drops nothing more.
+from the ledger, its users' cached plans dropped from the store — comes after. The change's row here
+(`row`) is written in the transaction that saves it (`PlanRepository`), so that whatever stops the
+follow-up — the store or the database unable to take it, or the process killed or cancelled before
+it was done — leaves the change here, durably, and a running gateway finishes it once both answer
+(`sentinel.services.plan_finisher`) and deletes it (`done`), whichever process made it (the admin
+API, the console, the command line) and across restarts. The process that made the change deletes
+it once its follow-up is done. Finishing one twice is harmless: a seed only ever raises a counter to
+what the ledger holds, and dropping a cached plan again drops nothing more.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from sentinel.domain.plans import Plan, parse_plan_spec
 @dataclass(frozen=True)
 class UnfinishedPlanChange:
     """One change to finish: its users, the plan before it (None: every window of the plan after
-    is seeded) and after it (None: each user's plan as it stands when finished)."""
+    is seeded) and after it (None, kept so by an earlier version: each user's plan as it stands
+    when finished)."""
 
     id: int
     users: tuple[str, ...]
@@ -45,16 +48,15 @@ class UnfinishedPlanChanges:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def add(self, users: Sequence[str], before: Plan | None, after: Plan | None) -> None:
-        """Keep a change whose follow-up failed, for a gateway to finish."""
-        row = UnfinishedPlanChangeRow(
+    @staticmethod
+    def row(users: Sequence[str], before: Plan | None, after: Plan | None) -> UnfinishedPlanChangeRow:
+        """The row of a change whose follow-up is still to do, for the repository to write in the
+        change's own transaction (its `id` is set once written). `after` None (rows kept by an
+        earlier version when the plans were unreadable): each user's plan as it stands then."""
+        return UnfinishedPlanChangeRow(
             users=json.dumps(list(users)), plan_before=None if before is None else before.spec(),
             plan_after=None if after is None else after.spec(),
         )
-        with database_errors("unfinished plan changes unavailable"):
-            async with self._sessions() as session:
-                session.add(row)
-                await session.commit()
 
     async def pending(self, limit: int = 100) -> list[UnfinishedPlanChange]:
         """The oldest `limit` changes still to finish, oldest first."""

@@ -14,10 +14,11 @@ user's plan (or a plan's limits, or deleting a plan: its users get the default p
 cached plans, in the shared store; other replicas' own one-second copies expire by themselves. A plan
 change that gives users a limit over a window new to them seeds its counter from the usage ledger first
 (`_seed_windows`: what they used in that window, never lowering a counter), so a window changed
-mid-way does not start at 0. When the store (or the database) cannot take that follow-up, the change
-is kept in the database and a running gateway finishes it once they answer (`finish_plan_changes`,
-driven by `sentinel.services.plan_finisher`); the change says so, PlanChangeIncomplete (503), and may
-be repeated. Tier
+mid-way does not start at 0. That follow-up is kept in the database with the change, in its
+transaction, and deleted once done: when the store (or the database) cannot take it, or the process
+stops before it is done, a running gateway finishes it once they answer (`finish_plan_changes`,
+driven by `sentinel.services.plan_finisher`); a change whose follow-up failed says so,
+PlanChangeIncomplete (503), and may be repeated. Tier
 edits reach other replicas within TIER_CONFIG_TTL_SECONDS.
 
 With another governance (GOVERNANCE=zion: `builtin` False) the plans and the tier table are that
@@ -38,7 +39,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sentinel.db.models import AuditLogRow, utcnow
+from sentinel.db.models import AuditLogRow, UnfinishedPlanChangeRow, utcnow
 from sentinel.domain.identity import Identity
 from sentinel.domain.plans import MAX_LIMIT, Limit, Plan
 from sentinel.domain.text import has_control
@@ -329,42 +330,39 @@ class AdminService:
             return told if unseeded is None else f"{told}. Also, {unseeded_said}"
         return None if unseeded is None else unseeded_said
 
-    async def _plan_changed(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]], saved: str,
-                            again: str) -> None:
-        """What follows a plan change saved in the database (`_follow_up`). Not all done, the change is
-        kept in the database (`UnfinishedPlanChanges`) for a running gateway to finish once the store
-        and the database answer (`finish_plan_changes`), and PlanChangeIncomplete (503) says so — it
-        was not in force at once; when the database cannot keep it either, making the change again
-        does it."""
+    def _unfinished(self, kept: list[UnfinishedPlanChangeRow], users: Sequence[str], before: Plan | None,
+                    after: Plan) -> UnfinishedPlanChangeRow | None:
+        """The row of a plan change's follow-up, for the repository to write in the change's own
+        transaction (None: no user, nothing to follow up), put in `kept` for `_plan_changed`."""
+        if not users:
+            return None
+        kept[:] = [self.unfinished.row(users, before, after)]
+        return kept[0]
+
+    async def _plan_changed(self, kept: Sequence[UnfinishedPlanChangeRow], external_ids: Sequence[str],
+                            plans: Callable[[], Awaitable[_PlanMove]], saved: str, again: str) -> None:
+        """What follows a plan change saved in the database (`_follow_up`), whose row `kept` was written
+        with it (`_unfinished`). Done, the row is deleted; not all done, it stays for a running gateway
+        to finish once the store and the database answer (`finish_plan_changes`), and
+        PlanChangeIncomplete (503) says so — it was not in force at once. Whatever else stops the
+        follow-up (the process killed, the request cancelled) leaves the row for a gateway likewise."""
         missed = await self._follow_up(external_ids, plans)
         if missed is None:
+            for row in kept:
+                try:
+                    await self.unfinished.done(row.id)
+                except GovernanceUnavailable as exc:  # done already: a gateway does it again, harmlessly
+                    log.warning("a plan change's follow-up is done but stays kept in the database (a gateway "
+                                "does it again): %s", exc.message)
             return
-        kept = await self._keep_unfinished(external_ids, plans)
-        if kept:
-            then = ("It is kept in the database: a running gateway finishes it by itself once the store and the "
-                    f"database answer. {again} then to finish it at once.")
-        else:
-            then = (f"It could not be kept for the gateway to finish (database unavailable): {again} once the store "
-                    "and the database answer.")
-        raise PlanChangeIncomplete(f"{saved}, but {missed}. {then}", users=external_ids, finishing=kept)
-
-    async def _keep_unfinished(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]]) -> bool:
-        """Write a change whose follow-up failed to the database for a gateway to finish; whether it
-        was (the plans unreadable now, it is kept to seed every window of each user's plan then)."""
-        try:
-            before, after = await plans()
-        except GovernanceUnavailable:
-            before, after = None, None
-        try:
-            await self.unfinished.add(external_ids, before, after)
-        except GovernanceUnavailable as exc:
-            log.warning("a plan change whose follow-up failed could not be kept for the gateway to finish: %s",
-                        exc.message)
-            return False
-        return True
+        raise PlanChangeIncomplete(
+            f"{saved}, but {missed}. It is kept in the database: a running gateway finishes it by itself once the "
+            f"store and the database answer. {again} then to finish it at once.", users=external_ids, finishing=True,
+        )
 
     async def finish_plan_changes(self, limit: int = 100) -> int:
-        """Finish the plan changes kept unfinished (`_plan_changed`), oldest first, up to `limit`:
+        """Finish the plan changes kept unfinished (`_plan_changed`), oldest first, up to `limit` (a
+        change whose follow-up is under way in the process that made it too, harmlessly):
         each one's follow-up done again (`_follow_up`: the windows new to it seeded, never lowering a
         counter; the cached plans dropped), then deleted. Stops at the first the store or the
         database still cannot take. How many of those read are left (0: all finished);
@@ -373,7 +371,7 @@ class AdminService:
         for index, change in enumerate(pending):
             if change.after is not None:
                 moves = [(change.users, functools.partial(_moved, change.before, change.after))]
-            else:  # the plans were unreadable when it was kept: each user's plan now, every window
+            else:  # kept by an earlier version, the plans unreadable then: each user's plan now, every window
                 moves = [((user,), functools.partial(self._current_plan, user)) for user in change.users]
             for users, plans in moves:
                 if await self._follow_up(users, plans) is not None:
@@ -399,12 +397,6 @@ class AdminService:
         except GovernanceUnavailable:
             return "plan store unavailable"
         return await self.seeder.seed(external_ids, new_windows(before, after))
-
-    async def _plan_named(self, name: str | None) -> Plan:
-        """The plan `name` names (None: the default plan); one deleted meanwhile has no limits."""
-        if name is None:
-            return self.default_plan
-        return await self.plan_repo.get_plan(name) or Plan(name, ())
 
     # --- users --------------------------------------------------------------------------------------
     async def find_users(self, text: str | None = None, *, limit: int = 50, offset: int = 0) -> list[UserSummary]:
@@ -474,21 +466,22 @@ class AdminService:
             raise refuse({"external_id": "1-255 characters, no control characters"})
         if (misleading := await self._misleading_new_id(external_id)) is not None:
             raise refuse({"external_id": misleading})
-        was: list[str | None] = []
+        kept: list[UnfinishedPlanChangeRow] = []
+        moves: list[_PlanMove] = []
 
         def entry(before: str | None) -> AuditLogRow:
-            was[:] = [before]
             return self._entry(actor, "user.plan", external_id, {"from": before, "to": plan})
 
-        await self.plan_repo.set_user_plan(external_id, plan, entry)
-
-        async def plans() -> _PlanMove:
+        def unfinished(before: Plan | None, after: Plan | None) -> UnfinishedPlanChangeRow | None:
             # The same plan set again (the retry after PlanChangeIncomplete): every window seeded.
-            moved = bool(was) and was[0] != plan
-            return (await self._plan_named(was[0]) if moved else None), await self._plan_named(plan)
+            moved = (before.name if before else None) != (after.name if after else None)
+            moves[:] = [((before or self.default_plan) if moved else None, after or self.default_plan)]
+            return self._unfinished(kept, [external_id], *moves[0])
 
-        await self._plan_changed([external_id], plans, f"The plan of user {clipped(external_id)!r} is changed in the "
-                                 "database", "Make the change again")
+        await self.plan_repo.set_user_plan(external_id, plan, entry, unfinished)
+        await self._plan_changed(kept, [external_id], functools.partial(_moved, *moves[0]),
+                                 f"The plan of user {clipped(external_id)!r} is changed in the database",
+                                 "Make the change again")
 
     # --- plans --------------------------------------------------------------------------------------
     def plans_editable(self) -> None:
@@ -547,17 +540,26 @@ class AdminService:
             before = change.before.spec() if change.before is not None else None
             return self._entry(actor, action, name, {"from": before, "to": change.after.spec()})
 
+        kept: list[UnfinishedPlanChangeRow] = []
+
+        def moved(change: PlanChange) -> _PlanMove:
+            # Saved as it was (the retry after PlanChangeIncomplete): every window seeded again.
+            same = change.before is None or change.before.limits == change.after.limits
+            return (None if same else change.before), change.after
+
+        def unfinished(change: PlanChange) -> UnfinishedPlanChangeRow | None:
+            return self._unfinished(kept, change.users, *moved(change))
+
         try:
-            change = await self.plan_repo.set_plan(name, limits, merge=merge, create=create, audit=entry)
+            change = await self.plan_repo.set_plan(name, limits, merge=merge, create=create, audit=entry,
+                                                   unfinished=unfinished)
         except PlanExists as exc:
             taken = exc.args[0]
             same = "" if taken == name else " (plan names must differ by more than case)"
             raise refuse({"name": f"a plan called {taken!r} exists already{same}"}) from None
         except ValueError as exc:
             raise refuse({"limits": str(exc)}) from None
-        # Saved as it was (the retry after PlanChangeIncomplete): every window seeded again.
-        before = None if change.before is None or change.before.limits == change.after.limits else change.before
-        await self._plan_changed(change.users, functools.partial(_moved, before, change.after),
+        await self._plan_changed(kept, change.users, functools.partial(_moved, *moved(change)),
                                  f"Plan {clipped(name)!r} is saved ({len(change.users)} user(s) on it)", "Save it again")
         return change.after
 
@@ -566,16 +568,20 @@ class AdminService:
         cached plans dropped. NotFound when unknown. Returns how many moved (the audit entry's `users`)."""
         self.plans_editable()
         deleted: list[Plan] = []
+        kept: list[UnfinishedPlanChangeRow] = []
 
         def entry(plan: Plan, users: list[str]) -> AuditLogRow:
             deleted[:] = [plan]
             return self._entry(actor, "plan.delete", name, {"from": plan.spec(), "users": len(users)})
 
-        users = await self.plan_repo.delete_plan(name, entry)
+        def unfinished(plan: Plan, users: list[str]) -> UnfinishedPlanChangeRow | None:
+            return self._unfinished(kept, users, plan, self.default_plan)
+
+        users = await self.plan_repo.delete_plan(name, entry, unfinished)
         if users is None:  # unknown, or deleted meanwhile by another operator
             raise NotFound(f"No plan {clipped(name)!r}", code="plan_not_found")
         await self._plan_changed(
-            users, functools.partial(_moved, deleted[0] if deleted else None, self.default_plan),
+            kept, users, functools.partial(_moved, deleted[0] if deleted else None, self.default_plan),
             f"Plan {clipped(name)!r} is deleted and its {len(users)} user(s) put on the default plan",
             "Put them on the default plan again (listed in `users`: `sentinel users set-plan USER --default`)",
         )

@@ -1,9 +1,10 @@
 """The gateway's background task that finishes the plan changes kept unfinished.
 
-A plan change whose follow-up the store or the database could not take (its users' cached plans
-dropped, its new windows' counters seeded) is kept in the database (`UnfinishedPlanChanges`) by
-whichever process made it — a gateway's admin API or console, or the command line, which has no
-gateway to finish it. Every running gateway looks for such changes every `interval` seconds and
+A plan change's follow-up (its users' cached plans dropped, its new windows' counters seeded) is
+kept in the database (`UnfinishedPlanChanges`) with the change, in its transaction, by whichever
+process made it — a gateway's admin API or console, or the command line, which has no gateway to
+finish it — and deleted once done: what the store or the database could not take, or a process
+killed before doing it, is left there. Every running gateway looks for such changes every `interval` seconds and
 finishes them (`AdminService.finish_plan_changes`); while some are left (the store or the database
 still down) it tries again after `backoff`'s delay, which grows to its cap. Two replicas finishing
 one change both do harmless work: a seed only ever raises a counter to what the ledger holds, and a

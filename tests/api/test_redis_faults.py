@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ from sentinel.quota.limiter import ADJUST, RESERVE
 from tests.api.conftest import Gateway
 from tests.api.test_quotas import ledger_totals, set_plan
 from tests.conftest import REDIS_BIN, unavailable
+from tests.support.attack import sqlite_file
 from tests.support.clock import FakeClock
 from tests.support.hung_db import HungProxy
 from tests.support.process import RedisServerProcess
@@ -379,3 +381,56 @@ def test_a_plan_change_left_unfinished_at_a_restart_is_finished_by_the_gateway_s
         with after.client() as alice:
             answer = alice.post("/v1/chat/completions", json=CHAT)
         assert answer.status_code == 200 and answer.headers["x-ratelimit-limit"] == "100", answer.text
+
+
+def _rows(database_url: str, sql: str) -> list[str]:
+    with closing(sqlite3.connect(sqlite_file(database_url), timeout=10)) as conn:
+        return [str(row[0]) for row in conn.execute(sql)]
+
+
+def test_a_plan_change_whose_process_was_killed_before_its_follow_up_is_finished_by_the_gateway_started_after(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """`sentinel plans set` killed (SIGKILL) once the change was saved, while its follow-up waited on
+    Redis (writes paused, `CLIENT PAUSE`): the change was kept for a gateway only once its follow-up had
+    failed, so it was lost with the process — the plan cached before it (10 an hour) served on, and the
+    new window counted from 0 (tightened to 5 a day, a user who used 5 had 5 more). The follow-up is
+    written with the change, in its transaction: the gateway started after finishes it — the cached plan
+    dropped, the day's counter seeded from the ledger, the user refused. A change whose follow-up is done
+    leaves nothing kept."""
+    clock = FakeClock(time.time())
+    with RedisServerProcess(tmp_path, redis_bin()) as server:
+        before = gateway_factory(redis_url=server.url, admin_key=ADMIN_KEY, window_clock=clock,
+                                 usage_flush_interval_seconds=0.05)
+        database_url = before.settings.database_url
+        hourly = {"limits": [{"metric": "requests", "limit": 10, "window": "1h"}]}
+        with before.admin() as http, before.client() as alice:
+            assert http.put("/admin/api/plans/team", json=hourly).status_code == 200
+            assert http.put(f"/admin/api/users/{USER}/plan", json={"plan": "team"}).status_code == 200
+            assert [alice.post("/v1/chat/completions", json=CHAT).status_code for _ in range(5)] == [200] * 5
+        before.settled_rows(5)
+        assert _rows(database_url, "SELECT users FROM unfinished_plan_changes") == []  # both done: none kept
+        before.server.stop()  # the gateway started after finishes the change
+        paused = redis.Redis.from_url(server.url)
+        paused.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the follow-up's writes wait
+        try:
+            env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": server.url, "REDIS_TIMEOUT_SECONDS": "60"}
+            cli = subprocess.Popen([sys.executable, "-m", "sentinel", "plans", "set", "team", "--limit", "requests=5/1d"],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                saved = wait_for(lambda: "plan.update" in _rows(database_url, "SELECT action FROM audit_log"))
+            finally:
+                cli.kill()  # saved (and audited, in its transaction), its follow-up under way
+                cli.wait(30)
+        finally:
+            paused.execute_command("CLIENT", "UNPAUSE")
+            paused.close()
+        assert saved and cli.returncode == -9
+        after = gateway_factory(redis_url=server.url, database_url=database_url, admin_key=ADMIN_KEY,
+                                window_clock=clock)
+        assert finisher_by_hand(after)() == 0  # finished (by this round, or by the loop's first at start)
+        with after.client() as alice:
+            refused = alice.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 429 and refused.headers["x-ratelimit-limit"] == "5", refused.text
+        assert after.quota_used() == {"requests": 5}  # the day's counter, seeded from the ledger
+        assert _rows(database_url, "SELECT users FROM unfinished_plan_changes") == []  # and forgotten

@@ -26,10 +26,14 @@ async def test_unfinished_plan_changes_are_kept_after_the_migration_and_dropped_
             assert "unfinished_plan_changes" not in await conn.run_sync(_tables)
             await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
             await conn.commit()
-        kept = UnfinishedPlanChanges(session_factory(engine))
+        sessions = session_factory(engine)
+        kept = UnfinishedPlanChanges(sessions)
         before, after = parse_plan_spec("requests=5/1h"), parse_plan_spec("requests=5/1d,output_tokens=0/1m")
-        await kept.add(["alice", "b\u00f6b \u202e"], before, after)  # any id, kept as it is
-        await kept.add(["carol"], None, None)  # the plans unreadable: each user's plan then, every window
+        async with sessions() as session:  # as a plan change's transaction writes them
+            session.add(kept.row(["alice", "b\u00f6b \u202e"], before, after))  # any id, kept as it is
+            await session.commit()
+            session.add(kept.row(["carol"], None, None))  # kept by 0008's version: each user's plan then
+            await session.commit()
         first, second = await kept.pending()
         assert first.users == ("alice", "b\u00f6b \u202e") and second.users == ("carol",)
         assert first.before is not None and first.before.limits == before.limits

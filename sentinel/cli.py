@@ -18,13 +18,16 @@ from sentinel.observability.logging import clipped, printable
 log = logging.getLogger("sentinel.cli")
 
 
-def _say(message: str) -> None:
-    """One error line on stderr, `sentinel: ` and `message` cut to MAX_SAID characters: a message
-    quoting what was given (a 100 KB `--limit`, `--since` or tier entry) is not repeated whole."""
-    print(f"sentinel: {clipped(message, MAX_SAID)}", file=sys.stderr)
+def _say(message: str, limit: int | None = None) -> None:
+    """One error line on stderr, `sentinel: ` and `message` cut to `limit` (MAX_SAID) characters: a
+    message quoting what was given (a 100 KB `--limit`, `--since` or tier entry) is not repeated whole."""
+    print(f"sentinel: {clipped(message, limit or MAX_SAID)}", file=sys.stderr)
 
 
 MAX_SAID = 400
+# A plan change's incomplete follow-up is said whole: its message quotes only clipped names, and its
+# end (the change is kept, what to do) was cut when both the cache and the seed failed.
+MAX_SAID_PLAN_CHANGE = 1200
 KEYS_PAGE = 500  # `keys list` reads the keys this many at a time (the admin API's largest page)
 
 
@@ -269,7 +272,7 @@ def cmd_plans_set(args: argparse.Namespace) -> int:
             _say(f"{_refused(exc)}")
             return 2
         except PlanChangeIncomplete as exc:  # saved; the shared cache not told
-            _say(f"{exc.message}")
+            _say(f"{exc.message}", MAX_SAID_PLAN_CHANGE)
             return 3
         shown = ", ".join(str(lim) for lim in plan.limits)
         print(f"plan {args.name}: {shown or 'no limits'} (applies within CACHE_TTL_SECONDS)")
@@ -288,7 +291,7 @@ def cmd_plans_delete(args: argparse.Namespace) -> int:
             _say(f"no such plan: {_quoted(args.name)}")
             return 1
         except PlanChangeIncomplete as exc:  # deleted; the shared cache not told: its users named
-            _say(f"{exc.message}")
+            _say(f"{exc.message}", MAX_SAID_PLAN_CHANGE)
             for user in exc.users:
                 print(printable(user))
             return 3
@@ -327,7 +330,7 @@ def cmd_users_set_plan(args: argparse.Namespace) -> int:
             _say(f"{_refused(exc)}")
             return 2
         except PlanChangeIncomplete as exc:  # saved; the shared cache not told
-            _say(f"{exc.message}")
+            _say(f"{exc.message}", MAX_SAID_PLAN_CHANGE)
             return 3
         plan = "the default plan" if args.plan is None else f"plan {args.plan}"
         print(f"user {args.external_id} is on {plan} (applies within CACHE_TTL_SECONDS)")

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -93,17 +94,36 @@ def refused_wait(retry_in: float, tries: int) -> float:
     return max(retry_in, min(retry_in * 2.0 ** min(tries - 1, 32), REFUSED_RETRY_CAP))
 
 
+# What reading a stored record raises when it cannot be read (corrupted, or written by a newer Sentinel).
+_UNREADABLE = (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError)
+
+
 def decode_record(raw: Any, where: str) -> UsageRecord | None:
     """The usage record stored as `raw` (JSON bytes), or None — logged at error with what was stored,
     the only place it is then kept — when it cannot be read (corrupted, or written by a newer
     Sentinel): one such entry must not keep the records claimed with it from their sink forever."""
     try:
         return UsageRecord.from_json(orjson.loads(raw))
-    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+    except _UNREADABLE as exc:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else repr(raw)
         log.error("an unreadable usage record was taken out of the outbox",
                   extra={"where": where, "error": type(exc).__name__, "stored": text[:4000]})
         return None
+
+
+def started_since(raws: Iterable[Any], start: datetime) -> list[UsageRecord]:
+    """The records stored as `raws` whose request started at or after `start` (a window's seed reads
+    the outbox with it); one that cannot be read is skipped, not logged: the deliverer reports it
+    when it claims it (`decode_record`)."""
+    found: list[UsageRecord] = []
+    for raw in raws:
+        try:
+            record = UsageRecord.from_json(orjson.loads(raw))
+        except _UNREADABLE:
+            continue
+        if record.started_at >= start:
+            found.append(record)
+    return found
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,15 @@ from sentinel.db.models import UsageLedgerRow, UsageOutboxRow, utcnow
 from sentinel.db.queries import insert_ignoring, picked_once
 from sentinel.domain.usage import UsageRecord
 from sentinel.quiet import QuietWindow
-from sentinel.quota.batch import Batch, Claimed, decode_record, new_batch_key, refused_wait, split_key
+from sentinel.quota.batch import (
+    Batch,
+    Claimed,
+    decode_record,
+    new_batch_key,
+    refused_wait,
+    split_key,
+    started_since,
+)
 from sentinel.quota.group_commit import GroupCommit
 
 Row = UsageOutboxRow
@@ -81,13 +89,7 @@ class SqlOutbox:
                     rows = (await session.execute(
                         select(Row.id, Row.payload).where(Row.id > after, ~in_ledger).order_by(Row.id).limit(1000)
                     )).all()
-                    for _, payload in rows:
-                        try:
-                            record = UsageRecord.from_json(orjson.loads(payload))
-                        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
-                            continue
-                        if record.started_at >= start:
-                            waiting.append(record)
+                    waiting += started_since((payload for _, payload in rows), start)
                     if len(rows) < 1000:
                         return waiting
                     after = rows[-1][0]

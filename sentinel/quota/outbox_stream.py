@@ -39,6 +39,7 @@ from sentinel.quota.batch import (
     refused_times,
     refused_wait,
     split_key,
+    started_since,
 )
 from sentinel.store import Store, StreamEntry
 from sentinel.store.base import LocalOps, PendingEntry, Script
@@ -298,13 +299,7 @@ class RedisStreamOutbox:
         waiting: list[UsageRecord] = []
         while True:
             page = await self.store.stream_range(self.KEY, after=after, count=1000)
-            for entry in page:
-                try:
-                    record = UsageRecord.from_json(orjson.loads(entry.fields["r"]))
-                except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
-                    continue
-                if record.started_at >= start:
-                    waiting.append(record)
+            waiting += started_since((entry.fields.get("r") for entry in page), start)
             if len(page) < 1000:
                 return waiting
             after = page[-1].id

@@ -211,6 +211,8 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES, *, keys: frozenset[st
     checked, so none may be left unread."""
     found: list[str] = []
     for node in _objects(body):
+        if _NAMING_KEYS.isdisjoint(node) and keys.isdisjoint(node):
+            continue  # (most objects — a chat message — have no key an id is read under)
         if _named(node.get("type")) in _BY_ID and isinstance(node.get("id"), str) and node["id"]:
             found.append(node["id"])
         for listed in ITEM_LISTS:
@@ -227,6 +229,10 @@ def referenced_ids(body: Any, limit: int = MAX_REFERENCES, *, keys: frozenset[st
             raise TooManyReferences(f"A request may name at most {limit} objects")
     return found
 
+
+# The keys besides a body's reference keys that `referenced_ids` reads an id under (an object of
+# none of them names no object).
+_NAMING_KEYS = frozenset({"type", *ITEM_LISTS, "audio", "voice"})
 
 # Objects whose `type` says their `id` names another: an eval run's JSONL source (a file), a
 # Responses `item_reference` (an item).
@@ -335,10 +341,17 @@ def _objects(body: Any) -> Iterator[dict[str, Any]]:
     while stack:
         node = stack.pop()
         if isinstance(node, list):
-            stack.extend(item for item in node if isinstance(item, dict | list))
+            for item in node:
+                if isinstance(item, _CONTAINERS):
+                    stack.append(item)
         elif isinstance(node, dict):
             yield node
-            stack.extend(value for value in node.values() if isinstance(value, dict | list))
+            for value in node.values():
+                if isinstance(value, _CONTAINERS):
+                    stack.append(value)
+
+
+_CONTAINERS = (dict, list)  # (made once: `dict | list` is a new union object each time it is read)
 
 
 class MalformedUpload(ValueError):

@@ -34,10 +34,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator, Sequence
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
+from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -157,38 +158,54 @@ async def _joined_within(chunks: AsyncIterable[bytes], limit: int) -> bytes | No
     return b"".join(kept)
 
 
-@contextmanager
-def translate_errors(provider: str) -> Iterator[None]:
-    """Map aiohttp/asyncio failures to the UpstreamError branch, once, at the boundary."""
-    try:
-        yield
-    except UpstreamError:
-        raise
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout(
-            f"Upstream {provider} timed out", provider=provider,
-            sent=not isinstance(exc, aiohttp.ConnectionTimeoutError),
-        ) from exc
-    except aiohttp.ClientConnectorError as exc:  # no connection: the request was never sent
-        raise UpstreamConnectionError(
-            f"Cannot connect to upstream {provider}: {exc.os_error.strerror or type(exc.os_error).__name__}",
-            provider=provider, sent=False,
-        ) from exc
-    except (aiohttp.ClientError, ConnectionError) as exc:  # dropped once made: the request may have arrived
-        raise UpstreamConnectionError(
-            f"Upstream {provider} connection failed: {type(exc).__name__}", provider=provider, sent=True
-        ) from exc
+class translate_errors:  # (named as it is used, as contextlib's context managers are)
+    """Map aiohttp/asyncio failures to the UpstreamError branch, once, at the boundary (`with
+    translate_errors(provider):`). A class, not a `contextmanager` generator: it is entered around
+    every provider call and every body read, and a generator costs several calls more each time."""
+
+    __slots__ = ("provider",)
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None or isinstance(exc, UpstreamError):
+            return
+        provider = self.provider
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout(
+                f"Upstream {provider} timed out", provider=provider,
+                sent=not isinstance(exc, aiohttp.ConnectionTimeoutError),
+            ) from exc
+        if isinstance(exc, aiohttp.ClientConnectorError):  # no connection: the request was never sent
+            raise UpstreamConnectionError(
+                f"Cannot connect to upstream {provider}: {exc.os_error.strerror or type(exc.os_error).__name__}",
+                provider=provider, sent=False,
+            ) from exc
+        if isinstance(exc, aiohttp.ClientError | ConnectionError):  # dropped once made: it may have arrived
+            raise UpstreamConnectionError(
+                f"Upstream {provider} connection failed: {type(exc).__name__}", provider=provider, sent=True
+            ) from exc
 
 
-@contextmanager
-def stalled_if(stream: bool) -> Iterator[None]:
+class stalled_if:
     """Around sending a request until its answer's headers: a read timeout of a streamed one is a
     provider stuck before its stream began (`UpstreamTimeout.stalled`), which counts against its health."""
-    try:
-        yield
-    except UpstreamTimeout as exc:
-        exc.stalled = stream and exc.sent
-        raise
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: bool) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, UpstreamTimeout):
+            exc.stalled = self.stream and exc.sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,21 +344,12 @@ class UpstreamResponse:
                 pass
         self.release()
 
-    @contextmanager
-    def reading_served(self) -> Iterator[None]:
+    def reading_served(self) -> _ReadingServed:
         """Reading a 2xx answer's body: on a failure the connection is dropped. The provider served
         and billed the call: a connection that breaks while it is read is `BrokenOffAnswer` —
         recorded, never given back nor sent again elsewhere, with the seconds since the request began
         to be sent (`elapsed`: whether it counts toward backoff); a read timeout stays one (sent)."""
-        try:
-            yield
-        except UpstreamConnectionError:
-            self.close()
-            elapsed = None if self.sent_at is None else self.clock() - self.sent_at
-            raise broken_off(self.provider, elapsed) from None
-        except UpstreamError:
-            self.close()
-            raise
+        return _ReadingServed(self)
 
     async def iter_chunks(self, *, relayed: bool = False) -> AsyncGenerator[bytes, None]:
         """Yield body bytes as they arrive (no re-chunking, no buffering), for at most `limit.seconds`
@@ -410,6 +418,27 @@ class UpstreamResponse:
     def release(self) -> None:
         self._disarm()
         self.raw.release()
+
+
+class _ReadingServed:
+    """`UpstreamResponse.reading_served` (a class: see `translate_errors`)."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: UpstreamResponse) -> None:
+        self.response = response
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if not isinstance(exc, UpstreamError):
+            return
+        response = self.response
+        response.close()
+        if isinstance(exc, UpstreamConnectionError):
+            elapsed = None if response.sent_at is None else response.clock() - response.sent_at
+            raise broken_off(response.provider, elapsed) from None
 
 
 async def send(

@@ -72,8 +72,7 @@ class StartupSeed:
             if self.plans is None:
                 failed = await self.seeder.seed(None, new)
             else:
-                plans = {plan.name: plan for plan in await self.plans.list_plans()}
-                failed = await self.seeder.seed_every_user(plans, self.plan)
+                failed = await self.seeder.seed_all(self.plans, self.plan)
             if failed:
                 self._repeated.warning(self.unseeded, failed)
                 return False

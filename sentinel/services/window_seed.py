@@ -18,6 +18,7 @@ from sentinel.domain.plans import Limit, Plan
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, StoreUnavailable
 from sentinel.governance.ledger import SqlLedger, WindowUsage
+from sentinel.governance.plans import PlanRepository
 from sentinel.quota.limiter import QuotaLimiter
 from sentinel.quota.outbox import RedisStreamOutbox, SqlOutbox
 
@@ -102,6 +103,15 @@ class WindowSeeder:
             if name in limits and (failed := await self.seed(sorted(members), limits[name])):
                 return failed
         return None
+
+    async def seed_all(self, plans: PlanRepository, default: Plan) -> str | None:
+        """`seed_every_user` with the plans `plans` holds now (no plan assigned: `default`): what a
+        store that kept no counter needs. None when done, else what failed."""
+        try:
+            found = {plan.name: plan for plan in await plans.list_plans()}
+        except GovernanceUnavailable:
+            return "usage ledger unavailable"
+        return await self.seed_every_user(found, default)
 
     async def _waiting(self, since: datetime) -> list[UsageRecord]:
         """The records of requests started since `since` waiting in the SQL outbox and on the usage

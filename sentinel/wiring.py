@@ -82,6 +82,7 @@ from sentinel.services.native_chat import NativeChat
 from sentinel.services.plan_finisher import PlanFinisher
 from sentinel.services.relay import OpenAIRelay
 from sentinel.services.startup_seed import StartupSeed
+from sentinel.services.store_loss import StoreLoss
 from sentinel.services.translated_chat import TranslatedChat
 from sentinel.services.window_seed import WindowSeeder
 from sentinel.store import Store, check_eviction, create_store
@@ -277,6 +278,8 @@ class Runtime:
     redact: Redactor = SENTINEL_KEYS_ONLY
     # Finishes the plan changes whose follow-up the store or the database did not take (built-in plans only).
     plan_finisher: PlanFinisher | None = None
+    # Notices a shared store that lost its data and seeds every window again (a shared store only).
+    store_loss: StoreLoss | None = None
 
 
 def configured_secrets(s: Settings, catalog: Catalog) -> tuple[str, ...]:
@@ -426,10 +429,20 @@ async def build_runtime(
                                backoff=delivery_backoff(s.usage_lease_seconds))
     # A reservation's marker outlives the longest answer by a day (a settlement after it changes nothing).
     limiter = QuotaLimiter(store, settle_within=SETTLE_WITHIN + s.stream_max_seconds, clock=window_clock)
+    local_limiter = LocalLimiter(clock=window_clock)
+    seeder = WindowSeeder(ledger, limiter, outbox.sql, stream_outbox)
+    # A shared store that lost its data is noticed (a marker read every few seconds) and every window
+    # seeded again from the ledger (built-in plans only: Zion's usage is not in the local ledger).
+    store_loss = (
+        StoreLoss(store, None if zion_mode else seeder, None if zion_mode else PlanRepository(sessions),
+                  parse_plan_spec(s.default_plan), metrics, local=local_limiter)
+        if store.shared else None
+    )
     meter = QuotaMeter(
-        plans=plans, limiter=limiter, local_limiter=LocalLimiter(clock=window_clock), failure_mode=s.quota_failure_mode,
+        plans=plans, limiter=limiter, local_limiter=local_limiter, failure_mode=s.quota_failure_mode,
         counter=counter, outbox=outbox, metrics=metrics, default_max_output=s.default_max_output_tokens,
         unrecordable=lambda: outbox.full, referenced=s.reference_input_tokens,
+        before_hand_back=store_loss.check if store_loss is not None else None,
     )
     body_limit = BodyLimit(s.stream_max_seconds, stream_clock, s.stream_hold_seconds)  # every answer's body
     chat_providers: dict[str, ChatProvider] = {
@@ -483,8 +496,7 @@ async def build_runtime(
     # kept no counter, every window of every user's plan (built-in plans only: Zion's usage is not in
     # the local ledger); start-up waits for it within a bound, then it goes on in the background.
     startup_seed = (
-        StartupSeed(AppliedSettings(sessions), WindowSeeder(ledger, limiter, outbox.sql, stream_outbox),
-                    admin.default_plan, plans=None if store.shared else PlanRepository(sessions))
+        StartupSeed(AppliedSettings(sessions), seeder, admin.default_plan, plans=None if store.shared else PlanRepository(sessions))
         if not zion_mode else None
     )
     # The seed's first attempt before the deliverer starts: records a crash left in the outbox are read
@@ -492,6 +504,9 @@ async def build_runtime(
     if startup_seed is not None:
         startup_seed.start()
         await startup_seed.wait(s.database_timeout_seconds)
+    if store_loss is not None:
+        await store_loss.begin()
+        store_loss.start()
     deliverer.start()
     stats_writer.start()
     if rollups is not None:
@@ -523,7 +538,7 @@ async def build_runtime(
         # read on after their clients left cut before: each settles as it stands).
         closers=[lambda: meter.drain(s.shutdown_timeout_seconds), *([startup_seed.stop] if startup_seed else []),
                  lambda: deliverer.stop(s.shutdown_timeout_seconds), *([rollups.stop] if rollups else []),
-                 *([finisher.stop] if finisher else []),
+                 *([finisher.stop] if finisher else []), *([store_loss.stop] if store_loss else []),
                  http.close, stats_writer.stop, *([sqlite_writer.close] if sqlite_writer else []),
                  lambda: close_engine(engine, s.database_timeout_seconds),
                  *([lambda: close_engine(report_engine, s.database_timeout_seconds)] if report_engine else []),
@@ -533,5 +548,6 @@ async def build_runtime(
         outcomes=outcomes,
         redact=redact,
         plan_finisher=finisher,
+        store_loss=store_loss,
     )
 

@@ -82,6 +82,12 @@ class Metrics:
             "sentinel_quota_store_failures_total", "Quota checks that could not reach the store, by policy",
             ["mode"], registry=r,
         )
+        self.store_data_lost = Counter(
+            "sentinel_store_data_lost_total",
+            "Times this process found that the shared store (Redis) had lost its data (its marker gone or "
+            "replaced); each is followed by a seed of every quota window from the usage ledger",
+            registry=r,
+        )
         self.tokens = Counter(
             "sentinel_tokens_total",
             "Tokens metered by direction (input, output; cache_write and cache_read are the parts of input "

@@ -105,6 +105,15 @@ class LocalLimiter(QuotaLimiter):
                 await to.take(each, back.token, back.counts)
                 await self._handed(each, back)
 
+    async def drop_settled(self) -> None:
+        """Take off here what every user's counters hand back, without sending it: what the shared store
+        lost its data under (`sentinel.services.store_loss`) is counted again from the usage ledger,
+        which holds these requests' records — handed back after that seed, it would count twice. A
+        hand-back sent and not answered yet is dropped too (its take may still land: README, Quotas)."""
+        for subject in list(self._windows):
+            while (back := await self._owed(subject)) is not None:
+                await self._handed(subject, back)
+
     async def _owed(self, subject: str) -> HandBack | None:
         """What `subject` has to hand back: the hand-back sent and not answered, else a new one of its
         counters' settled amounts (None: nothing; a user with nothing counted or open is forgotten)."""

@@ -16,7 +16,9 @@ whose own reply was lost (the request meanwhile gets what the failure mode says)
 of a batch's held reservation.
 With QUOTA_FAILURE_MODE=local, what the in-process limiter counted while Redis was away is handed back
 to Redis once it answers (`LocalLimiter.hand_back`): a user's before her next reservation there, every
-user's in the background (`Unsettled`), each hand-back counted once however often it is sent.
+user's in the background (`Unsettled`), each hand-back counted once however often it is sent — after
+`before_hand_back` (the store-loss check: a store that lost its data meanwhile has them dropped, counted
+by the seed from the ledger instead).
 Either settlement, once begun, runs to its end even if its caller is cancelled (one task of its own, shielded);
 shutdown waits (`QuotaMeter.drain`) for those under way, and for every admission neither has begun
 for yet (a request the server cancelled reaches its settlement some loop turns later), before it
@@ -30,7 +32,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
@@ -225,6 +227,7 @@ class QuotaMeter:
         clock: Callable[[], float] = time.monotonic,
         unrecordable: Callable[[], bool] | None = None,
         referenced: int = REFERENCE_TOKENS,
+        before_hand_back: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.plans = plans
         self.limiter = limiter
@@ -245,6 +248,9 @@ class QuotaMeter:
         self._changed: asyncio.Event | None = None  # set on every change `drain` waits for, while it waits
         self.unsettled = Unsettled()  # settlements the store did not take, sent again until it does
         self._handing_back = False  # a hand-back of the local limiter's counts waits in `unsettled`
+        # Awaited before each hand-back: a store that lost its data meanwhile has the local counts
+        # dropped, not handed back on top of the seed that counts them (`sentinel.services.store_loss`).
+        self.before_hand_back = before_hand_back
 
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
@@ -402,6 +408,8 @@ class QuotaMeter:
             # What this user was counted in-process while Redis was away goes to Redis first, so this
             # reservation is checked against all of it (`LocalLimiter.hand_back`).
             try:
+                if self.before_hand_back is not None:
+                    await self.before_hand_back()
                 await self.local_limiter.hand_back(self.limiter, subject)
             except StoreUnavailable:
                 pass  # kept, sent again (it counts once); the reservation below applies the failure mode
@@ -443,6 +451,8 @@ class QuotaMeter:
     async def _hand_back(self) -> None:
         """Hand every user's local counts back (`LocalLimiter.hand_back`); StoreUnavailable: not all taken."""
         try:
+            if self.before_hand_back is not None:
+                await self.before_hand_back()
             await self.local_limiter.hand_back(self.limiter)
         except StoreRefused:
             raise  # still queued: sent again

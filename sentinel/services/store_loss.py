@@ -1,0 +1,149 @@
+"""A shared store (Redis, Redis Cluster) that lost its data is noticed and its quota counters are seeded
+again from the usage ledger (README, Quotas).
+
+Redis restarted without AOF, a FLUSHALL, a failover to a replica that had not synced: every quota
+counter is gone, and each user could use a plan's worth again in the windows under way. Every gateway
+writes a marker with no TTL (`EPOCH_KEY`, SET NX of a random value) at start and keeps the value the
+store holds; every `interval` seconds it reads it back (one GET: nothing per request). Missing, or
+another value (another gateway noticed first and wrote its own), means the store lost what it held:
+logged at ERROR once per loss and process, counted (`sentinel_store_data_lost_total`), the marker
+written again, and every window of every user's plan seeded from the ledger, the SQL outbox and the
+usage stream (`WindowSeeder.seed_all`; raise-only, so several gateways seeding one loss is harmless),
+retried with backoff until done. A start that finds no marker (the first start on this Redis, or one
+that lost its data while no gateway ran) seeds the same way, logged at WARNING.
+
+QUOTA_FAILURE_MODE=local: what this process counted in-process while Redis was away was stored in the
+outbox as it was counted; on a loss it is dropped (`LocalLimiter.drop_settled`) before the seed counts
+it from there, not handed back after it (counted twice). The meter reads the marker before each
+hand-back (`check`), so a gateway whose loop has not run yet drops rather than hands back too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+
+from sentinel.backoff import Backoff
+from sentinel.domain.plans import Plan
+from sentinel.errors import StoreUnavailable
+from sentinel.governance.plans import PlanRepository
+from sentinel.observability.logging import Repeated
+from sentinel.observability.metrics import Metrics
+from sentinel.quota.local_limiter import LocalLimiter
+from sentinel.services.window_seed import WindowSeeder
+from sentinel.stopping import stop_within
+from sentinel.store import Store
+
+log = logging.getLogger("sentinel.quota")
+
+EPOCH_KEY = "sentinel:epoch"  # one key: any slot of a Cluster will do
+INTERVAL = 5.0  # how often a gateway reads the marker
+RETRY = Backoff(base=1.0, cap=60.0)  # while a seed is not done
+STOP_TIMEOUT = 5.0
+LOST = ("the shared store (Redis) lost its data (its marker %s is gone or was replaced): every quota window "
+        "counted from 0; seeding every user's windows from the usage ledger")
+UNMARKED = ("the shared store (Redis) holds no marker %s: the first start on it, or it lost its data while no "
+            "gateway ran; seeding every user's quota windows from the usage ledger")
+UNSEEDED = "quota counters not seeded from the usage ledger yet after the store lost its data (%s): retrying"
+
+
+class StoreLoss:
+    """Notices that `store` lost its data (`check`) and seeds every window then (`run_once`, or
+    `start` to do both every `interval` seconds until `stop`ped); `seeder` None (GOVERNANCE=zion,
+    whose usage is not in the local ledger): noticed and said, nothing seeded."""
+
+    def __init__(self, store: Store, seeder: WindowSeeder | None, plans: PlanRepository | None, default: Plan,
+                 metrics: Metrics, *, local: LocalLimiter | None = None, interval: float = INTERVAL,
+                 backoff: Backoff = RETRY) -> None:
+        self.store = store
+        self.seeder = seeder
+        self.plans = plans
+        self.default = default
+        self.metrics = metrics
+        self.local = local
+        self.interval = interval
+        self.backoff = backoff
+        self.epoch: bytes | None = None  # the marker's value as this process last found it
+        self.pending = False  # a seed is owed (a loss found, not seeded yet)
+        self.failures = 0  # seeds in a row that failed
+        self._lock = asyncio.Lock()
+        self._repeated = Repeated(log)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def begin(self) -> None:
+        """Write the marker unless there is one, and keep its value (a store not answering: the first
+        `check` that reads one keeps it, a loss or not unknown)."""
+        with contextlib.suppress(StoreUnavailable):
+            if await self._mark():
+                log.warning(UNMARKED, EPOCH_KEY)
+                self.pending = self.seeder is not None
+
+    async def _mark(self) -> bool:
+        """Write a new marker unless one is there, keep the value there; whether this wrote it."""
+        value = secrets.token_hex(16).encode()
+        if await self.store.set(EPOCH_KEY, value, nx=True):
+            self.epoch = value
+            return True
+        self.epoch = await self.store.get(EPOCH_KEY)
+        return False
+
+    async def check(self) -> bool:
+        """Read the marker; whether the store lost its data since it was last read (then: this
+        process's in-process counts dropped, the marker written again, a seed owed). StoreUnavailable
+        when the store does not answer."""
+        async with self._lock:
+            found = await self.store.get(EPOCH_KEY)
+            if found is not None and found == self.epoch:
+                return False
+            if self.epoch is None:  # never read before (the store was down at start): a loss or not unknown
+                if found is None:
+                    await self.begin()
+                else:
+                    self.epoch = found
+                return False
+            if self.local is not None:
+                await self.local.drop_settled()
+            await self._mark()
+            log.error(LOST, EPOCH_KEY, extra={"replaced": found is not None})
+            self.metrics.store_data_lost.inc()
+            self.pending = self.seeder is not None
+            return True
+
+    async def run_once(self) -> bool:
+        """One round: `check`, then the seed owed if any; whether no seed is left owed."""
+        with contextlib.suppress(StoreUnavailable):  # (a store down is reported by the requests and the health check)
+            await self.check()
+        if not self.pending or self.seeder is None:
+            return True
+        failed = await self.seeder.seed_all(self.plans, self.default) if self.plans is not None else None
+        if failed:
+            self.failures += 1
+            self._repeated.warning(UNSEEDED, failed)
+            return False
+        self.pending = False
+        self.failures = 0
+        self._repeated.forget(UNSEEDED)
+        log.info("quota counters seeded from the usage ledger after the store lost its data")
+        return True
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            await self.run_once()
+            wait = self.backoff.delay(self.failures) if self.pending and self.failures else self.interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-store-loss")
+
+    async def stop(self, within: float = STOP_TIMEOUT) -> None:
+        """Stop the loop (a seed under way past `within` is cut short: harmless, raise-only)."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await stop_within(task, within)

@@ -14,7 +14,8 @@ that lost its data while no gateway ran) seeds the same way, logged at WARNING.
 
 QUOTA_FAILURE_MODE=local: what this process counted in-process while Redis was away was stored in the
 outbox as it was counted; on a loss it is dropped (`LocalLimiter.drop_settled`) before the seed counts
-it from there, not handed back after it (counted twice). The meter reads the marker before each
+it from there, not handed back after it (counted twice) — with a seed only (GOVERNANCE=zion: handed
+back, as nothing else counts them). The meter reads the marker before each
 hand-back (`check`), so a gateway whose loop has not run yet drops rather than hands back too.
 """
 
@@ -104,7 +105,7 @@ class StoreLoss:
                 else:
                     self.epoch = found
                 return False
-            if self.local is not None:
+            if self.local is not None and self.seeder is not None:  # (no seed: handed back, counted once)
                 await self.local.drop_settled()
             await self._mark()
             log.error(LOST, EPOCH_KEY, extra={"replaced": found is not None})

@@ -44,9 +44,11 @@ INTERVAL = 5.0  # how often a gateway reads the marker
 RETRY = Backoff(base=1.0, cap=60.0)  # while a seed is not done
 STOP_TIMEOUT = 5.0
 LOST = ("the shared store (Redis) lost its data (its marker %s is gone or was replaced): every quota window "
-        "counted from 0; seeding every user's windows from the usage ledger")
+        "counted from 0; %s")
 UNMARKED = ("the shared store (Redis) holds no marker %s: the first start on it, or it lost its data while no "
-            "gateway ran; seeding every user's quota windows from the usage ledger")
+            "gateway ran; %s")
+SEEDING = "seeding every user's quota windows from the usage ledger"
+NOT_SEEDING = "not seeded: GOVERNANCE=zion keeps no ledger of usage here"
 UNSEEDED = "quota counters not seeded from the usage ledger yet after the store lost its data (%s): retrying"
 
 
@@ -79,7 +81,7 @@ class StoreLoss:
         `check` that reads one keeps it, a loss or not unknown)."""
         with contextlib.suppress(StoreUnavailable):
             if await self._mark():
-                log.warning(UNMARKED, EPOCH_KEY)
+                log.warning(UNMARKED, EPOCH_KEY, SEEDING if self.seeder else NOT_SEEDING)
                 self.pending = self.seeder is not None
 
     async def _mark(self) -> bool:
@@ -108,7 +110,7 @@ class StoreLoss:
             if self.local is not None and self.seeder is not None:  # (no seed: handed back, counted once)
                 await self.local.drop_settled()
             await self._mark()
-            log.error(LOST, EPOCH_KEY, extra={"replaced": found is not None})
+            log.error(LOST, EPOCH_KEY, SEEDING if self.seeder else NOT_SEEDING, extra={"replaced": found is not None})
             self.metrics.store_data_lost.inc()
             self.pending = self.seeder is not None
             return True

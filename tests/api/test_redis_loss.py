@@ -23,8 +23,10 @@ from tests.api.conftest import Gateway
 from tests.api.test_quotas import set_plan
 from tests.api.test_redis_faults import ADMIN_KEY, CHAT, USER, on_loop, redis_bin
 from tests.support.clock import FakeClock
+from tests.support.fake_zion import FakeZion
 from tests.support.process import RedisServerProcess
 from tests.support.redis_cluster import LocalRedisCluster, redis_cluster, redis_cluster_url
+from tests.support.servers import serving
 from tests.support.waiting import wait_for
 
 __all__ = ["redis_cluster", "redis_cluster_url"]
@@ -141,3 +143,29 @@ def test_counts_made_in_process_while_redis_was_away_are_not_handed_back_on_top_
             assert check() is True
             assert statuses(alice, 2) == [200, 429]
             assert losses(alice) == 1
+
+
+def test_with_zion_a_loss_is_said_and_counts_made_in_process_are_handed_back(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GOVERNANCE=zion keeps no local ledger of usage: a loss is noticed and said, nothing is seeded,
+    and what QUOTA_FAILURE_MODE=local counted in-process while Redis was away is handed back (dropped,
+    nothing would count it: 5 more of DEFAULT_PLAN's 5 a day instead of 3). Only what Redis
+    counted before the loss is lost, as before."""
+    zion = FakeZion()
+    zion.add_user("jwt-judy", "judy-ext", "judy@example.com", requests=1000)
+    with RedisServerProcess(tmp_path, redis_bin()) as server, serving(zion) as zion_server:
+        gw = gateway_factory(governance="zion", zion_api_url=zion_server.url, zion_api_key=zion.api_key,
+                             redis_url=server.url, default_plan="requests=5/1d", quota_failure_mode="local",
+                             usage_flush_interval_seconds=0.05, window_clock=FakeClock(time.time()))
+        check = loss_by_hand(gw)
+        with httpx.Client(base_url=gw.url, headers={"Authorization": "Bearer jwt-judy"}, timeout=30) as judy:
+            assert statuses(judy, 1) == [200]
+            server.stop()
+            assert statuses(judy, 2) == [200] * 2  # counted in-process
+            server.start()
+            assert wait_for(lambda: judy.get("/health/ready").status_code == 200)
+            with caplog.at_level(logging.ERROR):
+                assert check() is True
+            assert len(errors(caplog)) == 1 and losses(judy) == 1
+            assert statuses(judy, 4) == [200, 200, 200, 429]  # the 2 handed back (the 1 before is lost)

@@ -50,7 +50,9 @@ def fake() -> Iterator[FakeZion]:
 
 @pytest.fixture
 async def client(fake: FakeZion) -> AsyncIterator[ZionClient]:
-    zion = ZionClient(fake.url, fake.api_key, timeout=1.0, connect_timeout=0.5, backoff=FAST)
+    # Timeouts no fake answer outlasts on a loaded machine (1 s timed out a 503's first attempt in CI,
+    # 2026-12-07: two attempts counted, not three); the tests of timeouts build clients of their own.
+    zion = ZionClient(fake.url, fake.api_key, timeout=10.0, connect_timeout=5.0, backoff=FAST)
     yield zion
     await zion.aclose()
 

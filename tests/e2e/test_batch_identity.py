@@ -166,6 +166,9 @@ async def test_a_batch_delivered_from_memory_outlives_a_kill9_once_the_outbox_ta
             warm = await chat(http, chat_body("warm the identity and limits caches"))
             assert warm.status == 200, warm
             assert await eventually(lambda: _true(zion_totals(zion, 0)["requests"] == 1), within=30), processes.logs()
+            # Settled too: a lock taken between Zion's answer and the settlement would hold the
+            # deliverer on that settlement, and the record below would never be sent.
+            assert await eventually(lambda: outbox_empty(sqlite_url, None), within=30), processes.logs()
             zion.fail_batches(503)
             tried = zion.attempts[BATCH]
             lock = sqlite3.connect(db, isolation_level=None)

@@ -2,10 +2,12 @@
 again from the usage ledger (README, Quotas).
 
 Redis restarted without AOF, a FLUSHALL, a failover to a replica that had not synced: every quota
-counter is gone, and each user could use a plan's worth again in the windows under way. Every gateway
-writes a marker with no TTL (`EPOCH_KEY`, SET NX of a random value) at start and keeps the value the
-store holds; every `interval` seconds it reads it back (one GET: nothing per request). Missing, or
-another value (another gateway noticed first and wrote its own), means the store lost what it held:
+counter is gone (on a Redis Cluster, those of one shard), and each user could use a plan's worth again
+in the windows under way. Every gateway writes a marker with no TTL (`EPOCH_KEY`, SET NX of a random
+value; on a Cluster one on each primary, `Store.shard_keys`) at start and keeps the value the store
+holds; every `interval` seconds it reads them back (one GET, one MGET a primary on a Cluster: nothing
+per request). One missing, or another value (another gateway noticed first and wrote its own), means
+the store (or that shard) lost what it held:
 logged at ERROR once per loss and process, counted (`sentinel_store_data_lost_total`), the marker
 written again, and every window of every user's plan seeded from the ledger, the SQL outbox and the
 usage stream (`WindowSeeder.seed_all`; raise-only, so several gateways seeding one loss is harmless),
@@ -39,7 +41,7 @@ from sentinel.store import Store
 
 log = logging.getLogger("sentinel.quota")
 
-EPOCH_KEY = "sentinel:epoch"  # one key: any slot of a Cluster will do
+EPOCH_KEY = "sentinel:epoch"  # a Redis Cluster holds one a primary: `Store.shard_keys`
 INTERVAL = 5.0  # how often a gateway reads the marker
 RETRY = Backoff(base=1.0, cap=60.0)  # while a seed is not done
 STOP_TIMEOUT = 5.0
@@ -68,7 +70,7 @@ class StoreLoss:
         self.local = local
         self.interval = interval
         self.backoff = backoff
-        self.epoch: bytes | None = None  # the marker's value as this process last found it
+        self.epochs: dict[str, bytes] = {}  # each marker's value as this process last found it
         self.pending = False  # a seed is owed (a loss found, not seeded yet)
         self.failures = 0  # seeds in a row that failed
         self._lock = asyncio.Lock()
@@ -77,40 +79,57 @@ class StoreLoss:
         self._stopping = asyncio.Event()
 
     async def begin(self) -> None:
-        """Write the marker unless there is one, and keep its value (a store not answering: the first
-        `check` that reads one keeps it, a loss or not unknown)."""
+        """Write the markers that are not there, and keep their values (a store not answering: the
+        first `check` that reads them keeps them, a loss or not unknown)."""
         with contextlib.suppress(StoreUnavailable):
-            if await self._mark():
+            wrote = False
+            for key in await self.store.shard_keys(EPOCH_KEY):
+                wrote = await self._mark(key) or wrote
+            if wrote:
                 log.warning(UNMARKED, EPOCH_KEY, SEEDING if self.seeder else NOT_SEEDING)
                 self.pending = self.seeder is not None
 
-    async def _mark(self) -> bool:
-        """Write a new marker unless one is there, keep the value there; whether this wrote it."""
+    async def _mark(self, key: str) -> bool:
+        """Write a new marker at `key` unless one is there, keep the value there; whether this wrote it."""
         value = secrets.token_hex(16).encode()
-        if await self.store.set(EPOCH_KEY, value, nx=True):
-            self.epoch = value
+        if await self.store.set(key, value, nx=True):
+            self.epochs[key] = value
             return True
-        self.epoch = await self.store.get(EPOCH_KEY)
+        found = await self.store.get(key)
+        if found is not None:
+            self.epochs[key] = found
         return False
 
     async def check(self) -> bool:
-        """Read the marker; whether the store lost its data since it was last read (then: this
-        process's in-process counts dropped, the marker written again, a seed owed). StoreUnavailable
+        """Read the markers (one a shard: `Store.shard_keys`); whether the store lost its data since
+        they were last read — any of them gone or replaced, a Cluster shard alone too (then: this
+        process's in-process counts dropped, the markers written again, a seed owed). A marker new
+        to this process (a shard added, a reshard) is written or kept, not a loss. StoreUnavailable
         when the store does not answer."""
         async with self._lock:
-            found = await self.store.get(EPOCH_KEY)
-            if found is not None and found == self.epoch:
+            keys = await self.store.shard_keys(EPOCH_KEY)
+            found = dict(zip(keys, await self.store.get_many(keys), strict=True))
+            if not self.epochs:  # never read before (the store was down at start): a loss or not unknown
+                await self.begin()
                 return False
-            if self.epoch is None:  # never read before (the store was down at start): a loss or not unknown
-                if found is None:
-                    await self.begin()
+            self.epochs = {key: value for key, value in self.epochs.items() if key in found}
+            lost = [key for key, value in found.items() if key in self.epochs and value != self.epochs[key]]
+            for key, value in found.items():
+                if key in self.epochs:
+                    continue
+                if value is None:  # a shard new to this process (added, or a reshard chose this key)
+                    await self._mark(key)
                 else:
-                    self.epoch = found
+                    self.epochs[key] = value
+            if not lost:
                 return False
             if self.local is not None and self.seeder is not None:  # (no seed: handed back, counted once)
                 await self.local.drop_settled()
-            await self._mark()
-            log.error(LOST, EPOCH_KEY, SEEDING if self.seeder else NOT_SEEDING, extra={"replaced": found is not None})
+            for key in lost:
+                await self._mark(key)
+            replaced = any(found[key] is not None for key in lost)
+            log.error(LOST, EPOCH_KEY, SEEDING if self.seeder else NOT_SEEDING,
+                      extra={"replaced": replaced, "markers": len(lost), "of": len(found)})
             self.metrics.store_data_lost.inc()
             self.pending = self.seeder is not None
             return True

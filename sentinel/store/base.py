@@ -301,6 +301,12 @@ class Store(Protocol):
     async def scan(self, pattern: str, limit: int = 100) -> list[str]:
         """Up to `limit` keys matching a glob pattern (for debug views, never on the hot path)."""
 
+    async def shard_keys(self, key: str) -> list[str]:
+        """Keys named after `key`, one on each part of the store that can lose its data alone: `key`
+        itself on one server and in memory; on a Redis Cluster one a primary (`key:{n}`, the
+        smallest n whose slot that primary serves). For a marker every shard holds. Raises
+        StoreUnavailable when a Cluster's slot map cannot be read."""
+
     async def ping(self) -> Ping:
         """Round-trip latency in seconds (and the nodes that did not answer, when some did);
         raises StoreUnavailable when the store cannot be reached at all."""

@@ -156,6 +156,9 @@ class MemoryStore:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self._ops.get(key) for key in keys]
 
+    async def shard_keys(self, key: str) -> list[str]:
+        return [key]
+
     async def set(
         self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False, xx: bool = False
     ) -> bool:

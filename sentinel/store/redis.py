@@ -289,6 +289,9 @@ class RedisStore:
             values: Any = await self._command("MGET", *keys)  # one command, auto-pipelined with others
         return cast(list[bytes | None], values)
 
+    async def shard_keys(self, key: str) -> list[str]:
+        return [key]  # one server: one shard (the cluster store overrides it)
+
     async def set(
         self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False, xx: bool = False
     ) -> bool:

@@ -96,6 +96,36 @@ def test_a_redis_that_lost_its_data_is_seeded_again_from_the_ledger_and_said_so(
             assert statuses(alice, 2) == [200, 429]
 
 
+def test_a_cluster_shard_that_lost_its_data_alone_is_noticed_and_seeded(
+    gateway_factory: Callable[..., Gateway], redis_cluster: LocalRedisCluster, redis_cluster_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One primary of the Cluster loses its data (FLUSHALL there alone, as a failover to a replica that
+    had not synced does): the user's counter is on it, the first marker (`sentinel:epoch`'s own slot)
+    is not. A marker on each primary notices it: said once, seeded, 1 more then 429 — where a single
+    marker on another shard saw nothing and the user had 5 more."""
+    counter = f"sentinel:quota:{{{USER}}}:requests"
+    shard = redis_cluster.primary_of(counter)
+    assert shard != redis_cluster.primary_of("sentinel:epoch")  # the case a single marker misses
+    gw = gateway_factory(redis_url=redis_cluster_url, admin_key=ADMIN_KEY, window_clock=FakeClock(time.time()),
+                         usage_flush_interval_seconds=0.05)
+    set_plan(gw.settings.database_url, USER, "five", "requests=5/1d")
+    check = loss_by_hand(gw)
+    with gw.client() as alice:
+        assert statuses(alice, 4) == [200] * 4
+        gw.settled_rows(4)
+        assert check() is True and losses(alice) == 0
+        with shard.client() as admin:
+            admin.flushall()
+        with caplog.at_level(logging.ERROR):
+            assert check() is True
+            assert check() is True  # one loss, said once
+        assert len(errors(caplog)) == 1, errors(caplog)
+        assert losses(alice) == 1
+        assert gw.quota_used() == {"requests": 4}
+        assert statuses(alice, 2) == [200, 429]
+
+
 def test_a_redis_that_kept_its_data_is_not_seeded_again(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -500,3 +500,18 @@ async def test_a_script_whose_retry_finds_the_pool_full_may_have_run(
     assert lost.sent == 1 and await store.get(key) == b"2"  # it ran
     assert not isinstance(failed.value, StoreRefused)
     await store.close()
+
+
+async def test_shard_keys_put_one_key_on_each_primary(redis_cluster: LocalRedisCluster, redis_cluster_url: str) -> None:
+    """A marker every shard holds (`StoreLoss`): one key a primary, the same keys while the slots stay
+    put; one server and memory hold everything in one place, so the key itself."""
+    store = create_store(redis_cluster_url, timeout=2.0)
+    try:
+        keys = await store.shard_keys("sentinel:epoch")
+        primaries = [redis_cluster.primary_of(key).port for key in keys]
+        assert len(keys) == 3 and sorted(set(primaries)) == sorted(primaries)
+        assert all(key.startswith("sentinel:epoch:{") for key in keys)
+        assert await store.shard_keys("sentinel:epoch") == keys
+    finally:
+        await store.close()
+    assert await MemoryStore().shard_keys("sentinel:epoch") == ["sentinel:epoch"]

@@ -29,6 +29,8 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from sentinel.native._wire import MAX_COUNT
+
 Role = Literal["system", "user", "assistant", "tool"]
 Tier = Literal["simple", "moderate", "complex"]
 ToolChoiceMode = Literal["auto", "none", "required"]
@@ -577,7 +579,9 @@ class ChatRequest(ChatParams):
     messages: list[Message] = Field(min_length=1)
     tier: Tier = "simple"
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1)
+    # MAX_COUNT, Sentinel's bound on any token count (the `/v1` output caps' too): one past it, on a
+    # model whose maximum the catalogue does not know, was sent upstream as asked.
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: Stop | None = None
     stream: bool = False

@@ -98,3 +98,27 @@ def test_the_built_in_catalogue_knows_its_models_maxima(
             model = r.headers["x-sentinel-model"]
             path = "/v1/messages" if model.startswith("claude") else "/v1/chat/completions"
             assert _sent(upstream, path)["max_tokens"] == maxima[model]
+
+
+@pytest.mark.parametrize("cap", [10**12 + 1, 2**63])
+def test_a_cap_past_sentinels_bound_on_any_token_count_is_refused_and_sent_nowhere(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream: str, cap: int
+) -> None:
+    """10**12 is Sentinel's bound on any token count (a `/v1` output cap past it is a 400); a native
+    `max_tokens` past it, on a model whose maximum the catalogue does not know, went upstream as asked
+    (2**63 too) and was reserved as 2**40. Now a 400 naming `max_tokens`, before anything is reserved
+    or sent; 10**12 itself is sent as asked."""
+    doc = {"models": [{"name": MINI, "provider": "openai"}], "tiers": {"simple": [{"provider": "openai", "model": MINI}]}}
+    path = tmp_path / "providers.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    gw = gateway_factory(providers_file=path, openai_api_url=upstream + "/v1", default_plan="requests=100/1d")
+    with gw.client() as http:
+        httpx.delete(upstream + "/__mock/requests", timeout=5)
+        refused = http.post(URL, json={"messages": ASK, "max_tokens": cap})
+        assert httpx.get(upstream + "/__mock/requests", timeout=5).json()["data"] == []
+        served = http.post(URL, json={"messages": ASK, "max_tokens": 10**12})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "max_tokens"
+    assert served.status_code == 200, served.text
+    assert served.headers["x-ratelimit-remaining"] == "99"  # the refusal charged nothing
+    assert _sent(upstream, "/v1/chat/completions")["max_tokens"] == 10**12

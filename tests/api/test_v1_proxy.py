@@ -508,6 +508,20 @@ def test_a_metered_call_with_a_query_is_refused_before_anything_is_sent(gateway:
     assert last_upstream_request(gateway)["query"] == {}
 
 
+def test_the_anthropic_and_native_surfaces_send_no_query_on(gateway: Gateway) -> None:
+    """`/v1/messages` (the anthropic SDK's beta client adds `?beta=true`) and the native API read no
+    query and send none on: a `?model=` beside the body's model never reaches the provider."""
+    ask = [{"role": "user", "content": "hi"}]
+    over: Any = {"extra_query": {"model": "claude-sonnet-4-20250514"}}
+    assert gateway.anthropic().beta.messages.create(
+        model="claude-3-5-haiku-20241022", max_tokens=5, messages=ask, **over).content
+    assert last_upstream_request(gateway)["query"] == {}
+    with gateway.client() as http:
+        r = http.post("/native/v1/chat/completions?model=gpt-4o", json={"messages": ask})
+    assert r.status_code == 200, r.text
+    assert last_upstream_request(gateway)["query"] == {}
+
+
 def test_server_timing_header(gateway: Gateway) -> None:
     with gateway.client() as http:
         r = http.post(

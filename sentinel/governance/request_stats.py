@@ -8,8 +8,6 @@ and tried again with the next flush. `RequestStats.series` reads them in time bu
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from sentinel.db.queries import added_up, summed, upsert_adding
 from sentinel.errors import GovernanceUnavailable
 from sentinel.observability.logging import Repeated
 from sentinel.observability.outcomes import Outcomes, RequestOutcomes
+from sentinel.periodic import Periodic
 
 log = logging.getLogger("sentinel.request_stats")
 KEPT = "could not write request statistics; kept for the next flush"
@@ -74,8 +73,8 @@ class RequestStatsWriter:
         self.interval = interval
         # A database outage is logged when first met, then once a minute (it was once a flush).
         self._repeated = Repeated(log, clock=clock)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = Periodic(self._round, interval=interval, log=log, crashed=KEPT, name="sentinel-request-stats",
+                              wait_first=True)
 
     async def flush(self) -> None:
         """Write what was counted since the last flush (given back to the counter on an outage)."""
@@ -101,30 +100,19 @@ class RequestStatsWriter:
         if (suppressed := self._repeated.forget(KEPT)) is not None:
             log.info("request statistics written again", extra={"suppressed": suppressed} if suppressed else None)
 
-    async def _run(self) -> None:
-        """Flush every `interval` seconds until `stop` (which lets a flush under way end: cancelled, the
-        counts it had taken were lost); a flush that fails unexpectedly is logged and tried again."""
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
-            if self._stopping.is_set():
-                return
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("could not write request statistics; kept for the next flush")
+    async def _round(self) -> int:
+        """One round of the loop (`Periodic`: every `interval` seconds, the first an interval after
+        `start`; one that raises is logged and tried again with the next)."""
+        await self.flush()
+        return 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-request-stats")
+        self._loop.start()
 
     async def stop(self) -> None:
-        """Stop the loop (a flush under way ends first) and write what is left."""
-        task, self._task = self._task, None
-        if task is not None:
-            self._stopping.set()
-            await task
+        """Stop the loop (a flush under way ends first: cancelled, the counts it had taken were lost)
+        and write what is left."""
+        await self._loop.stop()
         await self.flush()
 
 

@@ -14,7 +14,6 @@ the body) until its usage record was written (a stream's end).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from bisect import bisect_left
@@ -41,7 +40,7 @@ from sentinel.db.queries import upsert_adding
 from sentinel.domain.usage import latency_ms
 from sentinel.errors import GovernanceUnavailable
 from sentinel.observability.logging import Repeated
-from sentinel.stopping import stop_within
+from sentinel.periodic import Next, Periodic
 
 log = logging.getLogger("sentinel.rollups")
 DELAYED = "rollups delayed: %s"
@@ -250,8 +249,7 @@ class RollupWorker:
         self.backoff = backoff or Backoff(base=interval, cap=60.0)
         self.failures = 0  # unexpected failures in a row
         self._repeated = Repeated(log, clock=clock)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = Periodic(self._round, interval=interval, backoff=self.backoff, log=log, crashed="rollups crashed")
 
     async def run_once(self) -> int:
         """Roll up one batch; how many rows it took (0 when nothing waits or it failed)."""
@@ -269,30 +267,25 @@ class RollupWorker:
             log.info("rollups resumed", extra={"suppressed": suppressed} if suppressed else None)
         return taken
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            if await self.run_once() >= self.batch:
-                continue
-            wait = self.backoff.delay(self.failures) if self.failures else self.interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+    async def _round(self) -> int | Next:
+        """One round of the loop (`Periodic`): the next at once while a whole batch was taken (a
+        backlog remains), else after `interval`, or `backoff`'s delay after unexpected failures."""
+        if await self.run_once() >= self.batch:
+            return Next.NOW
+        return self.failures
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.ensure_future(self._run())
+        self._loop.start()
 
     async def stop(self, drain_timeout: float = STOP_TIMEOUT) -> None:
         """Stop the loop, then roll up what is waiting. `drain_timeout` bounds both: a roll-up still waiting
         on the database then is cut short (its transaction is not committed: its rows are rolled up
         after the next start), so whatever closes after the worker gets its turn before the process
         is killed. The rollups lag the ledger meanwhile; nothing is lost."""
-        self._stopping.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
-        if self._task is not None:
-            task, self._task = self._task, None
-            if not await stop_within(task, drain_timeout):
+        if self._loop.running:
+            if not await self._loop.stop(drain_timeout):
                 log.warning("a roll-up was still under way at shutdown; cut short, its rows are rolled up "
                             "after the next start")
                 return

@@ -53,10 +53,10 @@ from sentinel.backoff import Backoff
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable, SentinelError, StoreUnavailable, UsageBatchRefused
 from sentinel.observability.metrics import Metrics
+from sentinel.periodic import Next, Periodic
 from sentinel.quota.batch import Batch, is_split_key, part_key
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.sink import UsageSink
-from sentinel.stopping import stop_within
 
 log = logging.getLogger("sentinel.deliverer")
 
@@ -115,8 +115,8 @@ class UsageDeliverer:
         self._leased_at = 0.0  # when the held batch's lease was last taken or renewed (`clock`)
         self._moving = asyncio.Lock()  # the held batch's split (`_send`) and the lease keeper's renewals
         self._keeper_renews = False  # the lease keeper (`_renewing`) is renewing the held batch now
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        # (the loop; a cycle that raises otherwise than SentinelError is logged, the next an interval later)
+        self._loop = Periodic(self._cycle, interval=interval, log=log, crashed="usage deliverer cycle crashed")
 
     async def deliver_once(self) -> int:
         """Advance the current batch (claiming one if none is held): returns how many records the
@@ -384,39 +384,29 @@ class UsageDeliverer:
         self.held, self._refused, self.failures, self._not_before = None, None, 0, 0.0
         self._parts = {}
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            delivered = 0
-            try:
-                delivered = await self.deliver_once()
-                self.metrics.outbox_depth.set(await self.outbox.depth())
-            except SentinelError as exc:
-                log.warning("usage deliverer cycle failed", extra={"error": exc.message})
-            except Exception:  # noqa: BLE001 - the loop must survive anything; logged once per cycle
-                log.exception("usage deliverer cycle crashed")
-            if delivered >= self.batch_size:
-                continue
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
-            except TimeoutError:
-                pass
+    async def _cycle(self) -> int | Next:
+        """One round of the loop (`Periodic`): the next at once while a whole batch was delivered
+        (more records wait), else after `interval`; a failure is backed off per batch (`_later`)."""
+        delivered = 0
+        try:
+            delivered = await self.deliver_once()
+            self.metrics.outbox_depth.set(await self.outbox.depth())
+        except SentinelError as exc:
+            log.warning("usage deliverer cycle failed", extra={"error": exc.message})
+        return Next.NOW if delivered >= self.batch_size else 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.ensure_future(self._run())
+        self._loop.start()
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop the loop, then deliver what is left; the rest stays in the outbox. `drain_timeout`
         bounds both: a cycle still waiting on the sink then is cut short (its batch stays in the
         outbox under its key), so the records only memory holds are stored before the process is
         killed, and whatever closes after the deliverer gets its turn."""
-        self._stopping.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
-        if self._task is not None:
-            task, self._task = self._task, None
-            if not await stop_within(task, drain_timeout):
+        if self._loop.running:
+            if not await self._loop.stop(drain_timeout):
                 log.warning("a usage delivery was still under way at shutdown; cut short, its batch stays "
                             "in the outbox", extra={"batch": self.held.key if self.held else None})
         try:

@@ -15,8 +15,6 @@ Nothing is lost at shutdown: what is left stays in the database for the next sta
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from sentinel.backoff import Backoff
 from sentinel.errors import GovernanceUnavailable
 from sentinel.observability.logging import Repeated
-from sentinel.stopping import stop_within
+from sentinel.periodic import Periodic
 
 log = logging.getLogger("sentinel.admin")
 LEFT = "plan changes not finished yet (store or database unavailable); retrying: %s"
@@ -45,8 +43,9 @@ class PlanFinisher:
         self.backoff = backoff
         self.failures = 0  # rounds in a row that left changes unfinished
         self._repeated = Repeated(log, clock=clock)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = Periodic(self._round, interval=interval, backoff=backoff, log=log,
+                              crashed="could not finish the unfinished plan changes; retrying",
+                              name="sentinel-plan-finisher")
 
     async def run_once(self) -> int:
         """Finish what is kept; how many changes are left (-1: the database could not list them)."""
@@ -69,21 +68,16 @@ class PlanFinisher:
             log.info("unfinished plan changes finished", extra={"suppressed": suppressed} if suppressed else None)
         return 0
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            await self.run_once()
-            wait = self.backoff.delay(self.failures) if self.failures else self.interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+    async def _round(self) -> int:
+        """One round of the loop (`Periodic`): the next after `interval`, or `backoff`'s delay while
+        changes are left."""
+        await self.run_once()
+        return self.failures
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-plan-finisher")
+        self._loop.start()
 
     async def stop(self, within: float = STOP_TIMEOUT) -> None:
         """Stop the loop; a round under way past `within` is cut short (its change stays kept)."""
-        self._stopping.set()
-        task, self._task = self._task, None
-        if task is not None and not await stop_within(task, within):
+        if not await self._loop.stop(within):
             log.warning("finishing a plan change was still under way at shutdown; it is finished after the next start")

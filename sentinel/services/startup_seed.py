@@ -26,6 +26,7 @@ from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.applied_settings import DEFAULT_PLAN_SETTING, AppliedSettings
 from sentinel.governance.plans import PlanRepository
 from sentinel.observability.logging import Repeated
+from sentinel.periodic import Next, Periodic
 from sentinel.services.window_seed import WindowSeeder, new_windows
 
 log = logging.getLogger("sentinel.quota")
@@ -50,8 +51,10 @@ class StartupSeed:
         self.backoff = backoff or Backoff(base=1.0, cap=60.0)
         self.done = False
         self._repeated = Repeated(log)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._failures = 0  # attempts in a row that failed, since `start`
+        # (an attempt that raised, a bug, is logged and retried likewise)
+        self._loop = Periodic(self._round, interval=self.backoff.base, backoff=self.backoff, log=log,
+                              crashed="could not seed the quota windows at start-up; retrying")
         self._attempted = asyncio.Event()
 
     def _before(self, recorded: str | None) -> Plan | None:
@@ -88,35 +91,30 @@ class StartupSeed:
         self.done = True
         return True
 
-    async def _run(self) -> None:
-        failures = 0
-        while not await self.run_once():
+    async def _round(self) -> int | Next:
+        """One round of the loop (`Periodic`): the loop ends once the seed is done; else the next
+        attempt after `backoff`'s delay."""
+        try:
+            if await self.run_once():
+                return Next.DONE
+        finally:
             self._attempted.set()
-            failures += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.backoff.delay(failures))
-            if self._stopping.is_set():
-                return
-        self._attempted.set()
+        self._failures += 1
+        return self._failures
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.ensure_future(self._run())
+        if not self._loop.running:
+            self._failures = 0
+            self._loop.start()
 
     async def wait(self, within: float) -> None:
         """Wait for the first attempt (at most `within` seconds): start-up serves once it is done, or
         once it failed (a database or store not answering: retried in the background) or took longer."""
-        if self._task is not None:
+        if self._loop.running:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(within):
                     await self._attempted.wait()
 
     async def stop(self) -> None:
         """Stop retrying (an attempt under way is cancelled: nothing is recorded, the next start seeds)."""
-        self._stopping.set()
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop(within=0)

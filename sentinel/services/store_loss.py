@@ -34,9 +34,9 @@ from sentinel.errors import StoreUnavailable
 from sentinel.governance.plans import PlanRepository
 from sentinel.observability.logging import Repeated
 from sentinel.observability.metrics import Metrics
+from sentinel.periodic import Periodic
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.services.window_seed import WindowSeeder
-from sentinel.stopping import stop_within
 from sentinel.store import Store
 
 log = logging.getLogger("sentinel.quota")
@@ -75,8 +75,9 @@ class StoreLoss:
         self.failures = 0  # seeds in a row that failed
         self._lock = asyncio.Lock()
         self._repeated = Repeated(log)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = Periodic(self._round, interval=interval, backoff=backoff, log=log,
+                              crashed="could not check the shared store for a loss of its data; retrying",
+                              name="sentinel-store-loss")
 
     async def begin(self) -> None:
         """Write the markers that are not there, and keep their values (a store not answering: the
@@ -151,21 +152,15 @@ class StoreLoss:
         log.info("quota counters seeded from the usage ledger after the store lost its data")
         return True
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            await self.run_once()
-            wait = self.backoff.delay(self.failures) if self.pending and self.failures else self.interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), wait)
+    async def _round(self) -> int:
+        """One round of the loop (`Periodic`): the next after `interval`, or `backoff`'s delay while a
+        seed owed keeps failing."""
+        await self.run_once()
+        return self.failures if self.pending else 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-store-loss")
+        self._loop.start()
 
     async def stop(self, within: float = STOP_TIMEOUT) -> None:
         """Stop the loop (a seed under way past `within` is cut short: harmless, raise-only)."""
-        self._stopping.set()
-        task, self._task = self._task, None
-        if task is not None:
-            await stop_within(task, within)
+        await self._loop.stop(within)

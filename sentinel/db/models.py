@@ -409,8 +409,8 @@ class UnfinishedPlanChangeRow(Base):
     """A plan change saved in the database whose follow-up is not done yet (migration 0008), written in
     the change's transaction: its users' cached plans still to drop, its new windows' counters still
     to seed. `users`: a JSON list of external ids; `plan_before`/`plan_after`: the plans' limits
-    (`Plan.spec`) — `plan_before` NULL: every window of the plan after is seeded; `plan_after` NULL
-    (kept so by 0008's version only): each user's plan as it stands then."""
+    (`Plan.spec`) — `plan_before` NULL: every window of the plan after is seeded; `plan_after` is
+    never NULL but in rows the first version of 0008's code wrote, which are not read."""
 
     __tablename__ = "unfinished_plan_changes"
 

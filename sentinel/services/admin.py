@@ -369,20 +369,11 @@ class AdminService:
         GovernanceUnavailable when the database cannot list them."""
         pending = await self.unfinished.pending(limit)
         for index, change in enumerate(pending):
-            if change.after is not None:
-                moves = [(change.users, functools.partial(_moved, change.before, change.after))]
-            else:  # kept by an earlier version, the plans unreadable then: each user's plan now, every window
-                moves = [((user,), functools.partial(self._current_plan, user)) for user in change.users]
-            for users, plans in moves:
-                if await self._follow_up(users, plans) is not None:
-                    return len(pending) - index
+            if await self._follow_up(change.users, functools.partial(_moved, change.before, change.after)) is not None:
+                return len(pending) - index
             await self.unfinished.done(change.id)
             log.info("an unfinished plan change is finished", extra={"user_count": len(change.users)})
         return 0
-
-    async def _current_plan(self, external_id: str) -> _PlanMove:
-        """A user's plan as it stands (none before: every window of it seeded)."""
-        return None, await self.plan_repo.plan_for_user(external_id) or self.default_plan
 
     async def _seed_windows(self, external_ids: Sequence[str], plans: Callable[[], Awaitable[_PlanMove]]) -> str | None:
         """Seed the quota counters of each limit of the plan after the change over a (metric, window)

@@ -7,6 +7,7 @@ from alembic import command
 from sqlalchemy import Connection, inspect
 
 from sentinel.db.engine import alembic_config, create_engine, session_factory
+from sentinel.db.models import UnfinishedPlanChangeRow
 from sentinel.domain.plans import parse_plan_spec
 from sentinel.governance.unfinished_plans import UnfinishedPlanChanges
 
@@ -32,13 +33,15 @@ async def test_unfinished_plan_changes_are_kept_after_the_migration_and_dropped_
         async with sessions() as session:  # as a plan change's transaction writes them
             session.add(kept.row(["alice", "b\u00f6b \u202e"], before, after))  # any id, kept as it is
             await session.commit()
-            session.add(kept.row(["carol"], None, None))  # kept by 0008's version: each user's plan then
+            session.add(kept.row(["carol"], None, after))  # no plan before: every window of the one after
+            # No plan after: written only by the first version of 0008's code; not read (no writer since)
+            session.add(UnfinishedPlanChangeRow(users='["dave"]', plan_before=None, plan_after=None))
             await session.commit()
         first, second = await kept.pending()
         assert first.users == ("alice", "b\u00f6b \u202e") and second.users == ("carol",)
         assert first.before is not None and first.before.limits == before.limits
-        assert first.after is not None and first.after.limits == after.limits
-        assert (second.before, second.after) == (None, None)
+        assert first.after.limits == after.limits
+        assert second.before is None and second.after.limits == after.limits
         await kept.done(first.id)
         await kept.done(first.id)  # finished twice (two replicas): nothing more
         assert [change.id for change in await kept.pending()] == [second.id]

@@ -43,15 +43,17 @@ class WindowSeeder:
         self.outbox = outbox
         self.stream = stream
 
-    async def seed(self, external_ids: Sequence[str] | None, limits: Sequence[Limit]) -> str | None:
+    async def seed(self, external_ids: Sequence[str] | None, limits: Sequence[Limit], *,
+                   waiting: Sequence[UsageRecord] | None = None) -> str | None:
         """Seed each of `limits`' counters of `external_ids` (None: every user on the default plan with
         requests since the earliest of those windows began, `SqlLedger.default_plan_users_since`), in
         the window current now: what each user's requests started since that window began used
         (requests, tokens) — in the ledger (`SqlLedger.usage_since`, one query per 500 users) and,
         read after it, in the outbox but not yet in the ledger (`_waiting`). A counter is raised to
         that figure, never lowered (`QuotaLimiter.seed`), so nothing is counted twice when a seed is
-        repeated. Usage of requests still running is not in the seed. None when done (or nothing to
-        do), else what failed."""
+        repeated. Usage of requests still running is not in the seed. `waiting`: the outbox's records
+        read already (`seed_every_user`, once for every plan), not read again. None when done (or
+        nothing to do), else what failed."""
         if not limits or external_ids is not None and not external_ids:
             return None
         limiter = self.limiter
@@ -60,7 +62,7 @@ class WindowSeeder:
         try:
             users = external_ids if external_ids is not None else await self.ledger.default_plan_users_since(min(starts))
             used = await self.ledger.usage_since(users, starts)
-            await self._add_waiting(used, users, external_ids is None, starts)
+            await self._add_waiting(used, users, external_ids is None, starts, waiting)
             figures = list(used.items())
             for at in range(0, len(figures), 100):
                 await asyncio.gather(*(
@@ -78,8 +80,9 @@ class WindowSeeder:
         """Seed every window of each user's plan (`plans`, by name; no plan assigned: `default`), but
         Zion's and limits of 0 (`new_windows`), for every user with requests started since the earliest
         of those windows began — in the ledger (`SqlLedger.users_since`, one query) or waiting in the
-        outbox —, one `seed` per plan (its users' usage one query per 500 users): what a store that
-        kept no counter (the in-process one, at start-up) needs. None when done, else what failed."""
+        outbox (read once, for every plan) —, one `seed` per plan (its users' usage one query per 500
+        users): what a store that kept no counter (the in-process one, at start-up) needs. None when
+        done, else what failed."""
         limits: dict[str | None, list[Limit]] = {name: new_windows(None, plan) for name, plan in plans.items()}
         limits[None] = new_windows(None, default)
         windows = [lim for found in limits.values() for lim in found]
@@ -89,8 +92,8 @@ class WindowSeeder:
         since = datetime.fromtimestamp(min(self.limiter.window_start(lim, now) for lim in windows), UTC)
         try:
             users = await self.ledger.users_since(since)
-            waiting = {record.external_id for record in await self._waiting(since)} - users.keys()
-            users |= await self.ledger.plans_among(waiting)
+            waiting = await self._waiting(since)
+            users |= await self.ledger.plans_among({record.external_id for record in waiting} - users.keys())
         except GovernanceUnavailable:
             return "usage ledger unavailable"
         except StoreUnavailable:
@@ -100,7 +103,7 @@ class WindowSeeder:
             on_plan.setdefault(name, []).append(user)
         for name, members in on_plan.items():
             # A plan made since `plans` was read: assigning it seeded its users' windows (`AdminService`).
-            if name in limits and (failed := await self.seed(sorted(members), limits[name])):
+            if name in limits and (failed := await self.seed(sorted(members), limits[name], waiting=waiting)):
                 return failed
         return None
 
@@ -119,17 +122,26 @@ class WindowSeeder:
         meanwhile is dropped here, counted there or missed, never twice), one per request id."""
         waiting = {r.request_id: r for r in await self.outbox.waiting_since(since)} if self.outbox else {}
         if self.stream is not None:
-            streamed = {r.request_id: r for r in await self.stream.waiting_since(since)}
-            for delivered in await self.ledger.recorded(streamed):
-                del streamed[delivered]
-            waiting |= streamed
+            waiting |= {r.request_id: r for r in await self._unrecorded(await self.stream.waiting_since(since))}
         return list(waiting.values())
 
+    async def _unrecorded(self, records: Sequence[UsageRecord]) -> list[UsageRecord]:
+        """Those of `records` whose request id the ledger does not hold (now)."""
+        recorded = await self.ledger.recorded({r.request_id for r in records}) if records else set()
+        return [r for r in records if r.request_id not in recorded]
+
     async def _add_waiting(self, used: dict[str, list[WindowUsage]], users: Sequence[str], default_plan: bool,
-                           starts: Sequence[datetime]) -> None:
+                           starts: Sequence[datetime], read: Sequence[UsageRecord] | None = None) -> None:
         """Add to `used` what the outbox holds of `users`' requests (with `default_plan`, of any user on
-        the default plan) started in each window (`starts`) and not in the ledger yet."""
-        waiting = await self._waiting(min(starts))
+        the default plan) started in each window (`starts`) and not in the ledger yet. `read`: the
+        outbox's records read before `used` was (`seed_every_user`): those the ledger holds now are
+        dropped, as a read after it would have (counted there, never twice)."""
+        since = min(starts)
+        if read is None:
+            waiting = await self._waiting(since)
+        else:
+            known = set(users)
+            waiting = await self._unrecorded([r for r in read if r.external_id in known and r.started_at >= since])
         if not waiting:
             return
         known = set(users)

@@ -441,9 +441,21 @@ def _detail(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+def _details(details: Mapping[str, object]) -> str:
+    """An entry's details, one per line, a user id (`user`: whose key was created or revoked) named as
+    every page names one (`shown_id`). One run of text (`user: bob, name: none, prefix: sk-…`) let an
+    id an identity source vouched for forge the details after it (`bob, prefix: sk-sentinel-x`), or read
+    as another's (`alice\u00a0` as `alice`) with no badge saying so."""
+    items = "".join(
+        f"<li>{e(k)}: {shown_id(v) if k == 'user' and isinstance(v, str) else e(_detail(v))}</li>"
+        for k, v in details.items()
+    )
+    return f'<ul class="details">{items}</ul>' if items else ""
+
+
 def audit_page(entries: Sequence[AuditEntry]) -> str:
-    rows = ([when(x.at), e(x.actor), f"<code>{e(x.action)}</code>", shown_id(x.target),
-             e(", ".join(f"{k}: {_detail(v)}" for k, v in x.details.items())), e(x.address or "")] for x in entries)
+    rows = ([when(x.at), e(x.actor), f"<code>{e(x.action)}</code>", shown_id(x.target), _details(x.details),
+             e(x.address or "")] for x in entries)
     more = f'<p><a href="/admin/audit?before={entries[-1].id}">Older entries</a></p>' if len(entries) >= 100 else ""
     return table(("When", "Actor", "Action", "Target", "Details", "Address"), rows, empty="No actions yet.",
                  cls="audit") + more

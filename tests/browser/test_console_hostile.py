@@ -23,6 +23,7 @@ import pytest
 from tests.api.conftest import Gateway
 from tests.browser.test_console_page import reload_until, sign_in
 from tests.support.browser import BROWSER_TEST, guarded_context
+from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -208,6 +209,58 @@ async def test_user_ids_that_look_alike_read_apart(hostile_gateway: Gateway, pag
     await visit(page, hostile_gateway.url + "/admin/users/alice")
     assert await page.locator("main .look-alike-id").count() == 0
     assert await page.locator("main h1 .look-alike").count() == 0 and await page.title() == "User alice · Sentinel console"
+
+
+# Ids a JWT vouches for that made an audit entry of a key read otherwise: one forging the details
+# after it, one drawn as `alice`.
+FORGING_USER = "bob, name: laptop, prefix: sk-sentinel-forged"
+SPACED_USER = "alice\u00a0"
+
+
+def audited_keys(gw: Gateway) -> None:
+    """Each of FORGING_USER and SPACED_USER sends a request (its JWT names it); the operator then
+    creates a key for each (the admin API refuses a look-alike id for a user it does not know yet:
+    retried until the ledger holds the request) and revokes it."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        for user in (FORGING_USER, SPACED_USER):
+            claims = {"sub": f"sub-{user}", "externalId": user, "aud": "sentinel", "exp": int(time.time()) + 600}
+            token = jwt.encode(claims, SECRET, algorithm="HS256")
+            served = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert served.status_code == 200, served.text
+            made: list[httpx.Response] = []
+
+            def created(user: str = user, made: list[httpx.Response] = made) -> bool:
+                made.append(client.post("/admin/api/user/keys", params={"id": user}, json={}, headers=admin))
+                return made[-1].status_code == 201
+
+            assert wait_for(created), made[-1].text
+            revoked = client.post(f"/admin/api/keys/{made[-1].json()['id']}/revoke", headers=admin)
+            assert revoked.status_code == 200, revoked.text
+
+
+async def test_an_audit_entry_of_a_key_names_its_user_as_every_page_does(hostile_gateway: Gateway, page: Page) -> None:
+    """A key's entries name its user in their details, which the audit page wrote as one run of text
+    (`user: bob, name: laptop, prefix: sk-sentinel-forged, name: none, prefix: sk-sentinel-…`): an id a
+    JWT vouched for forged the details after it, and `alice\u00a0`'s key read as `alice`'s, with no
+    badge. Each detail is a line of its own, the user named as every page names a user id."""
+    await asyncio.to_thread(audited_keys, hostile_gateway)
+    await sign_in(page, hostile_gateway.url)
+    await visit(page, hostile_gateway.url + "/admin/audit")
+    rows = page.locator("table.audit tbody tr")
+    assert await rows.count() == 4  # key.create and key.revoke of each
+    for i in range(4):
+        cell = rows.nth(i).locator("td:nth-child(5)")  # Details
+        lines = (await cell.inner_text()).split("\n")
+        assert lines[0] in (f"user: {FORGING_USER}", "user: alice\u00a0 alice\\u00a0"), lines  # (the id, its badge)
+        # key.create's details, key.revoke's: each a line, the key's own prefix last
+        assert [line.split(":")[0] for line in lines] in (["user", "name", "prefix"], ["user", "prefix"]), lines
+        assert lines[-1].startswith("prefix: sk-sentinel-") and "forged" not in lines[-1], lines
+        if "alice" in lines[0]:
+            badge = cell.locator(".look-alike")
+            assert await badge.inner_text() == "alice\\u00a0"
+            assert "spaces that do not show" in (await badge.get_attribute("title") or "")
 
 
 async def test_a_key_is_created_for_a_user_whose_email_the_browser_would_refuse(

@@ -13,6 +13,7 @@ from typing import Any
 from sentinel.native._wire import MAX_COUNT, is_number
 from sentinel.native.errors import invalid
 from sentinel.native.openai_checks import MAX_MODEL_CHARS, check_stop
+from sentinel.native.types import MAX_MESSAGES_STOP_SEQUENCES
 
 
 def _objects(value: Any) -> bool:
@@ -64,8 +65,9 @@ def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) 
         if payload.get(key) is not None and not isinstance(payload[key], dict):
             raise invalid(key, "must be an object")
     stops = payload.get("stop_sequences")
-    if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
-        raise invalid("stop_sequences", "must be an array of strings")
+    if stops is not None and not (isinstance(stops, list) and len(stops) <= MAX_MESSAGES_STOP_SEQUENCES
+                                  and all(isinstance(s, str) for s in stops)):
+        raise invalid("stop_sequences", f"must be an array of at most {MAX_MESSAGES_STOP_SEQUENCES:,} strings")
     check_stop(stops, "stop_sequences", most=None)
     for key in ("temperature", "top_p", "top_k"):
         if payload.get(key) is not None and not is_number(payload[key]):

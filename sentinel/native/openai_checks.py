@@ -98,7 +98,7 @@ def check_stop(stop: Any, param: str, most: int | None = MAX_STOP_SEQUENCES) -> 
     """Raise NativeValidationError naming `param` (or `param.N`) unless `stop` is absent, a string, or a
     list of at most `most` strings (None: any number), each of at most MAX_STOP_CHARS characters: the
     Native API's rule (`types.Stop`), for a `/v1` request's `stop` (`most` 4, OpenAI's) and a
-    `/v1/messages` `stop_sequences` (Anthropic takes up to 8,191: their text is counted as input
+    `/v1/messages` `stop_sequences` (up to Anthropic's 8,191, `anthropic_checks`: their text is counted as input
     instead, `estimate_messages`). A stop sequence is a delimiter; one of up to a body's size reached
     the provider, which refuses it or reads it, and no estimate counted it."""
     if stop is None:

@@ -70,8 +70,11 @@ MAX_TYPE_LIST = 7
 # estimate counts it (it is no prompt text): the reservation held nothing of it. Bounded instead, here
 # and on the `/v1` surfaces (`openai_checks.check_stop`).
 MAX_STOP_CHARS = 256
-# Stop sequences of one OpenAI-format request (`stop`): OpenAI's limit (Anthropic takes up to 8,191).
+# Stop sequences of one OpenAI-format request (`stop`): OpenAI's limit.
 MAX_STOP_SEQUENCES = 4
+# ... and of one `/v1/messages` body (`stop_sequences`): Anthropic's limit. Their text is counted as
+# input, one count each: 2.4 million of one character (a 10 MB body) kept a counting thread ~90 s.
+MAX_MESSAGES_STOP_SEQUENCES = 8191
 # Images (`image_url` parts) in one request, all its messages together. Anthropic documents a
 # per-request maximum of 100 (OpenAI's is higher): a tier may hold both, so the bound every candidate
 # takes is checked here, not by whichever model is drawn (500 images reached Claude).

@@ -89,13 +89,13 @@ def estimate_input(
 
 
 def _stop_sequences(counter: TokenCounter, model: str, user: str | None, payload: dict[str, Any]) -> int:
-    """The tokens of a `/v1/messages` body's stop sequences: Anthropic takes up to 8,191 of them (each
-    at most MAX_STOP_CHARS characters here, `openai_checks.check_stop`), which the provider reads and
+    """The tokens of a `/v1/messages` body's stop sequences: Anthropic takes up to 8,191 of them (as
+    does Sentinel, `anthropic_checks`; each at most MAX_STOP_CHARS characters, `openai_checks.check_stop`), which the provider reads and
     does not bill; reserved as input so that a body of thousands of them is held to the input limit
     like any other text (OpenAI's surfaces take at most 4, left uncounted)."""
-    stops = payload.get("stop_sequences")
-    return sum(counter.count_text(text, model, user=user)
-               for text in (stops if isinstance(stops, list) else ()) if isinstance(text, str) and text)
+    stops = payload.get("stop_sequences")  # (one encoder for them all: resolving it is most of a short one's count)
+    return counter.count_prompt([text for text in stops if isinstance(text, str)] if isinstance(stops, list) else None,
+                                model, user=user)
 
 
 def references(endpoint: str, payload: dict[str, Any]) -> int:

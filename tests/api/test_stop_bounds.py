@@ -93,6 +93,30 @@ def test_many_messages_stop_sequences_are_counted_as_input(gateway_factory: Call
     assert served.content
 
 
+@pytest.mark.parametrize("endpoint", ["create", "count_tokens"])
+def test_more_messages_stop_sequences_than_anthropic_takes_are_refused_before_anything(
+    spied: tuple[Gateway, SpyUpstream], endpoint: str
+) -> None:
+    """Anthropic takes up to 8,191 stop sequences. Sentinel took any number and counted each one's
+    text on its own: a 10 MB body of 2.4 million one-character sequences kept a counting thread (one
+    of two, shared by every user) ~90 s before the provider refused it. Past 8,191: a 400 in
+    Anthropic's shape naming `stop_sequences`, nothing sent or recorded; 8,191 are served."""
+    gw, spy = spied
+    messages = gw.anthropic().messages
+    for stream in ((False, True) if endpoint == "create" else (False,)):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            if endpoint == "create":
+                messages.create(model=HAIKU, max_tokens=20, messages=CHAT, stop_sequences=["x"] * 8192,  # type: ignore[arg-type]
+                                stream=stream)
+            else:
+                messages.count_tokens(model=HAIKU, messages=CHAT, extra_body={"stop_sequences": ["x"] * 8192})  # type: ignore[arg-type]
+        assert refused.value.body["error"]["type"] == "invalid_request_error", refused.value.body
+        assert "stop_sequences" in refused.value.message and "8,191" in refused.value.message
+    _nothing_happened(gw, spy)
+    if endpoint == "create":
+        assert messages.create(model=HAIKU, max_tokens=20, messages=CHAT, stop_sequences=["x"] * 8191).content  # type: ignore[arg-type]
+
+
 def test_a_batch_lines_stop_is_held_to_the_same_rule(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream
 ) -> None:

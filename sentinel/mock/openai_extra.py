@@ -32,6 +32,9 @@ from sentinel.mock.text import count_tokens, echo_text, new_id, shape_text, stop
 DIMENSIONS = {"text-embedding-3-large": 3072, "text-embedding-3-small": 1536, "text-embedding-ada-002": 1536}
 DEFAULT_DIMENSIONS = 1536
 MAX_DIMENSIONS = 8192
+# OpenAI's most inputs in one embeddings request. Unbounded, each input of ~4 bytes grew the mock (in
+# the embedded default, the gateway's own process) by a vector of 1,536 floats: a 10 MB body, ~20 GB.
+MAX_EMBEDDING_INPUTS = 2048
 
 # (id, created, owned_by): the original system's static list plus the embedding models.
 OPENAI_MODELS: tuple[tuple[str, int, str], ...] = (
@@ -88,6 +91,8 @@ def embeddings(call: Call) -> Reply:
     body = json_object(call)
     model = require_model(body)
     items = _inputs(body.get("input"))
+    if len(items) > MAX_EMBEDDING_INPUTS:
+        raise WireError(400, f"Too many inputs. The max number of inputs is {MAX_EMBEDDING_INPUTS}.", param="input")
     last = items[-1]
     faults = call.resolve_faults(last if isinstance(last, str) else "")
     dimensions = body.get("dimensions", DIMENSIONS.get(model, DEFAULT_DIMENSIONS))

@@ -73,6 +73,15 @@ def test_embeddings_token_input_and_errors(http: httpx.Client) -> None:
     assert flag.status_code == 400 and flag.json()["error"]["param"] == "dimensions"
 
 
+def test_embeddings_take_at_most_openais_2048_inputs(oai: openai.OpenAI) -> None:
+    """Past 2,048 inputs OpenAI refuses the request; the mock answered a vector of 1,536 floats for each
+    input of a few bytes: a 10 MB body grew the embedded default's process (the gateway's) by ~20 GB."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
+    assert refused.value.param == "input" and "2048" in refused.value.message
+    assert len(oai.embeddings.create(model="text-embedding-3-small", input=["x"] * 2048, dimensions=1).data) == 2048
+
+
 def test_models_list_and_retrieve(oai: openai.OpenAI) -> None:
     ids = [m.id for m in oai.models.list()]
     assert "gpt-4o" in ids and "text-embedding-3-small" in ids

@@ -31,7 +31,6 @@ from sentinel.mock.text import count_tokens, echo_text, new_id, shape_text, stop
 
 DIMENSIONS = {"text-embedding-3-large": 3072, "text-embedding-3-small": 1536, "text-embedding-ada-002": 1536}
 DEFAULT_DIMENSIONS = 1536
-MAX_DIMENSIONS = 8192
 # OpenAI's most inputs in one embeddings request. Unbounded, each input of ~4 bytes grew the mock (in
 # the embedded default, the gateway's own process) by a vector of 1,536 floats: a 10 MB body, ~20 GB.
 MAX_EMBEDDING_INPUTS = 2048
@@ -95,9 +94,12 @@ def embeddings(call: Call) -> Reply:
         raise WireError(400, f"Too many inputs. The max number of inputs is {MAX_EMBEDDING_INPUTS}.", param="input")
     last = items[-1]
     faults = call.resolve_faults(last if isinstance(last, str) else "")
-    dimensions = body.get("dimensions", DIMENSIONS.get(model, DEFAULT_DIMENSIONS))
-    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= MAX_DIMENSIONS:
-        raise WireError(400, "Invalid 'dimensions': must be a positive integer.", param="dimensions")
+    # (a model's own vector is the longest it gives, as OpenAI's: 8,192 for any model made each of 2,048
+    # inputs ~0.5 MB of floats, one request ~1 GB of the process)
+    most = DIMENSIONS.get(model, DEFAULT_DIMENSIONS)
+    dimensions = body.get("dimensions", most)
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= most:
+        raise WireError(400, f"Invalid 'dimensions': must be a positive integer of at most {most}.", param="dimensions")
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise WireError(

@@ -82,6 +82,17 @@ def test_embeddings_take_at_most_openais_2048_inputs(oai: openai.OpenAI) -> None
     assert len(oai.embeddings.create(model="text-embedding-3-small", input=["x"] * 2048, dimensions=1).data) == 2048
 
 
+@pytest.mark.parametrize(("model", "most"), [("text-embedding-3-small", 1536), ("text-embedding-3-large", 3072),
+                                             ("gpt-4o-mini", 1536)])
+def test_embeddings_are_at_most_the_models_own_length(oai: openai.OpenAI, model: str, most: int) -> None:
+    """OpenAI shortens a model's vectors (`dimensions`), never lengthens them; the mock gave any model
+    8,192: 2,048 inputs of it were ~1 GB of the embedded default's process for one request."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.embeddings.create(model=model, input="x", dimensions=most + 1)
+    assert refused.value.param == "dimensions" and str(most) in refused.value.message
+    assert len(oai.embeddings.create(model=model, input="x", dimensions=most).data[0].embedding) == most
+
+
 def test_models_list_and_retrieve(oai: openai.OpenAI) -> None:
     ids = [m.id for m in oai.models.list()]
     assert "gpt-4o" in ids and "text-embedding-3-small" in ids

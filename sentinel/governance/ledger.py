@@ -110,7 +110,12 @@ class _Figures(NamedTuple):
 
 
 def _from_sqlite_time(value: str) -> datetime:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)  # stored naive UTC (`_sqlite_time`)
+    """A time `_sqlite_time` stored (naive UTC) as UTC: read with its offset appended, not made aware
+    by `.replace(tzinfo=UTC)` — keyword arguments, ~9,000 instructions a call, two a rolled-up row."""
+    try:
+        return datetime.fromisoformat(value + "+00:00")
+    except ValueError:  # (not a time, or one with an offset: refused, or read, as before)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def _roll_up_sqlite(limit: int, connection: sqlite3.Connection) -> int:
@@ -124,8 +129,11 @@ def _roll_up_sqlite(limit: int, connection: sqlite3.Connection) -> int:
 
 
 def _sqlite_time(value: datetime) -> str:
-    """How SQLAlchemy stores a UTC datetime in SQLite (naive UTC, microseconds)."""
-    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]  # half of strftime's cost
+    """How SQLAlchemy stores a UTC datetime in SQLite (naive UTC, microseconds), in its own format
+    (`isoformat`, the offset formatted then cut off, cost ~20 % more; strftime more still)."""
+    t = value.astimezone(UTC)
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 (cheaper than str.format here)
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond)
 
 
 class WindowUsage(NamedTuple):

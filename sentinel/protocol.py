@@ -161,12 +161,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _close_after_body = False  # the request being answered was answered without `100 Continue` before its
     # body was in: the connection closes once that body is (`_close_unless_continued`)
 
-    @property
-    def _limits(self) -> ConnectionLimits:
-        limits: ConnectionLimits = getattr(self.config, "sentinel_limits", None) or ConnectionLimits()
-        return limits
+    _limits: ConnectionLimits  # read once a connection, in `connection_made` (7 reads a request)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._limits = getattr(self.config, "sentinel_limits", None) or ConnectionLimits()
         super().connection_made(transport)
         self._body_parts: list[bytes] = []  # body bytes of the read being parsed (`on_body`)
         self.flow = _QueueFlow(transport, self._reading_held)  # before any request holds the flow

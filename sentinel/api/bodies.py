@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 
 from sentinel.api.body_budget import BodyBudget, caller_of
-from sentinel.api.context import context
+from sentinel.api.context import context, header
 from sentinel.domain.json_body import read_json
 from sentinel.domain.text import has_control
 from sentinel.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
@@ -40,7 +40,7 @@ async def read_within(
     for ever for a body a client trickles or never sends (an in-flight slot held by each). With a
     `budget`, every chunk is counted in it as it arrives (503 when the process holds too much, 429
     when the caller holds its share: `BodyBudget`)."""
-    declared = request.headers.get("content-length")
+    declared = header(request.scope, b"content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(too_large)
     chunks: list[bytes] = []

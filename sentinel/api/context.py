@@ -66,6 +66,16 @@ def caller_credentials(ctx: RequestContext, scope: Scope) -> tuple[str, ...]:
     return presented(scope)
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of the request's first `name` header (lower-case), None without one: what
+    `request.headers.get` gives (decoded, latin-1), without the KeyError it raises and catches for a
+    header not sent, and without building the request's `Headers`."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
 def presented(scope: Scope) -> tuple[str, ...]:
     """The credentials a request's headers present, however malformed (`Authorization`'s value after
     its scheme, `x-api-key`'s)."""

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sentinel.api.context import header
+
 PREFIXES = ("/v1/", "/native/")
 METHODS = "GET, POST, DELETE, OPTIONS"
 EXPOSED = (
@@ -48,12 +50,12 @@ class CorsMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(PREFIXES):
             await self.app(scope, receive, send)
             return
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         if origin is None:
             await self.app(scope, receive, send)
             return
         allowed = self.any_origin or origin.decode("latin-1") in self.origins
-        if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
+        if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method") is not None:
             await self._preflight(scope, send, origin if allowed else None)
             return
         cors: list[tuple[bytes, bytes]] = [] if self.any_origin else [(b"vary", b"Origin")]
@@ -82,15 +84,8 @@ class CorsMiddleware:
             (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
             (b"content-length", b"0"),
         ]
-        requested = _header(scope, b"access-control-request-headers")
+        requested = header(scope, b"access-control-request-headers")
         if requested and _HEADER_LIST.match(requested.strip()):
             headers.append((b"access-control-allow-headers", requested.strip()))
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None

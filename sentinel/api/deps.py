@@ -8,7 +8,7 @@ from starlette.requests import Request
 
 from sentinel.api.bodies import read_within
 from sentinel.api.body_budget import BodyBudget
-from sentinel.api.context import context
+from sentinel.api.context import context, header
 from sentinel.api.throttle import FailedAuthThrottle, client_of
 from sentinel.api.user_slots import UserSlots
 from sentinel.config import Settings
@@ -70,7 +70,9 @@ class Deps:
     def credential(request: Request) -> str:
         """The credential the request presents (`Authorization: Bearer` or `x-api-key`), as
         `authenticate` reads it; AuthenticationError when there is none."""
-        return parse_credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        authorization, api_key = header(request.scope, b"authorization"), header(request.scope, b"x-api-key")
+        return parse_credential(None if authorization is None else authorization.decode("latin-1"),
+                                None if api_key is None else api_key.decode("latin-1"))
 
     async def read_body(self, request: Request) -> bytes:
         """The whole request body: more than `max_body_bytes` is 413 (refused without buffering it),

@@ -61,6 +61,7 @@ from contextlib import asynccontextmanager
 
 from starlette.requests import ClientDisconnect, Request
 
+from sentinel.api.context import header
 from sentinel.api.docs_auth import from_another_site
 from sentinel.errors import Overloaded, RateLimited, StoreUnavailable
 from sentinel.observability.logging import Repeated
@@ -108,9 +109,10 @@ def from_another_origin(request: Request) -> bool:
     default), so the console's same-origin sign-in named another origin than that `Host` —; else
     the `Origin` is compared with the request's `Host` (any scheme). An opaque origin (`null`) is
     another. Clients that are not browsers send no `Origin`."""
-    origin = request.headers.get("origin")
-    if origin is None:
+    raw = header(request.scope, b"origin")
+    if raw is None:
         return False
+    origin = raw.decode("latin-1")
     if "sec-fetch-site" in request.headers:
         return from_another_site(request.headers)
     _, sep, authority = origin.partition("://")

@@ -26,10 +26,11 @@ class GroupCommit(Generic[T]):
 
     async def submit(self, item: T) -> None:
         """Write `item` with whatever else is waiting; shielded, so a cancelled caller cannot cut a write."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._queue.append((item, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
+            self._flusher = loop.create_task(self._flush())
         await asyncio.shield(future)
 
     async def _flush(self) -> None:

@@ -533,8 +533,9 @@ class QuotaMeter:
         """Run `work` (a settlement, a release) to its end whatever becomes of the caller: a task of
         its own, awaited through a shield, kept in `_settling` until done (for `drain`). A caller
         still waiting gets its exception; once the caller is cancelled nobody would (the shield
-        marks it retrieved): it is logged, with its traceback."""
-        task = asyncio.ensure_future(work)
+        marks it retrieved): it is logged, with its traceback. (`loop.create_task`, not
+        `ensure_future`, which first asks whether a coroutine is a future: a failed attribute lookup.)"""
+        task = asyncio.get_running_loop().create_task(work)
         self._settling.add(task)
         task.add_done_callback(self._carried_out)
         try:
@@ -672,7 +673,7 @@ class QuotaMeter:
             # The record is stored while the reservation is reconciled: the two are independent, and on
             # a shared store they travel to Redis in one round trip (auto-pipelining). Nothing cancels
             # this task (see `settle`), so neither is cut short.
-            stored = asyncio.ensure_future(self._store(rows))
+            stored = asyncio.get_running_loop().create_task(self._store(rows))
             commit = functools.partial(
                 admission.limiter.commit, admission.reservation, input_tokens=charged[0],
                 output_tokens=charged[1], requests=1 if _refused(status) else None,

@@ -24,8 +24,8 @@ import functools
 import hashlib
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
+from types import TracebackType
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -143,6 +143,42 @@ class _Pool(ConnectionPool):
                 connection.mark_for_reconnect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
 
+class _Guarded:
+    """`RedisStore.guard()`: a class rather than the `asynccontextmanager` generator it was (entered
+    three times a request on Redis; a generator's frames and its `asend`/`athrow` cost more)."""
+
+    __slots__ = ("_store", "_breaker")
+
+    def __init__(self, store: RedisStore, breaker: CircuitBreaker) -> None:
+        self._store = store
+        self._breaker = breaker
+
+    async def __aenter__(self) -> None:
+        breaker = self._breaker
+        if breaker.is_open:
+            raise StoreRefused("Redis is unavailable (circuit open)", retry_after=breaker.cooldown)
+        if self._store.routing_unknown():
+            try:
+                await self._store.load_routing()
+            except Exception as exc:  # noqa: BLE001 - translated as the command's own errors are
+                translated = await self._store.translated(exc, breaker)
+                if translated is None:
+                    raise
+                raise translated from None
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self._breaker.success()
+            return
+        if not isinstance(exc, Exception):  # (cancelled: not Redis's, not counted)
+            return
+        translated = await self._store.translated(exc, self._breaker)
+        if translated is not None:
+            raise translated from None
+
+
 class RedisStore:
     """Store backed by a standalone Redis (see `RedisClusterStore` for a cluster)."""
 
@@ -211,71 +247,65 @@ class RedisStore:
         server, one breaker."""
         return self.breaker
 
-    @asynccontextmanager
-    async def guard(
-        self, key: str | None = None, *, breaker: CircuitBreaker | None = None
-    ) -> AsyncIterator[None]:
-        """Translate Redis errors into StoreUnavailable and keep the count of the breaker of the
-        server `key` lives on (`breaker_for`), or of `breaker` when given."""
-        if breaker is None:
-            breaker = self.breaker_for(key)
-        if breaker.is_open:
-            raise StoreRefused("Redis is unavailable (circuit open)", retry_after=breaker.cooldown)
-        try:
-            if self.routing_unknown():
-                await self.load_routing()
-            yield
-        except _UNAVAILABLE_REPLIES as exc:
+    def guard(self, key: str | None = None, *, breaker: CircuitBreaker | None = None) -> _Guarded:
+        """Translate Redis errors into StoreUnavailable (`translated`) and keep the count of the
+        breaker of the server `key` lives on (`breaker_for`), or of `breaker` when given: `async
+        with store.guard(key): ...`."""
+        return _Guarded(self, self.breaker_for(key) if breaker is None else breaker)
+
+    async def translated(self, exc: Exception, breaker: CircuitBreaker) -> StoreUnavailable | None:
+        """What `exc`, raised under `guard()` (by the command, or by learning where keys live),
+        becomes, `breaker` counting it; None when it is not Redis's (a bug: it goes on as it is)."""
+        if isinstance(exc, _UNAVAILABLE_REPLIES):
             breaker.failure()
             if isinstance(exc, ReadOnlyError):
                 await self.demoted()
-            raise self.refused(f"Redis is unavailable: {type(exc).__name__}") from None
-        except _SLOT_MOVING as exc:
+            return self.refused(f"Redis is unavailable: {type(exc).__name__}")
+        if isinstance(exc, _SLOT_MOVING):
             breaker.success()
-            raise self.refused(f"Redis is unavailable: {type(exc).__name__} (a slot is being resharded)") from None
-        except OutOfMemoryError as exc:
+            return self.refused(f"Redis is unavailable: {type(exc).__name__} (a slot is being resharded)")
+        if isinstance(exc, OutOfMemoryError):
             # Redis answered (as for any command error) but refused the write: out of memory under
             # `maxmemory` with `noeviction`, as recommended (README, Deployment).
             breaker.success()
-            raise self.refused(f"Redis command failed: {exc}") from None
-        except ResponseError as exc:
+            return self.refused(f"Redis command failed: {exc}")
+        if isinstance(exc, ResponseError):
             # A command error is a bug or bad data, not an outage: do not trip the breaker. Redis
             # answered, so it counts as the dependency answering (a probe that met one left the
             # breaker half-open, every other caller refused for another cooldown).
             breaker.success()
-            raise StoreUnavailable(f"Redis command failed: {exc}") from None
-        except _CLUSTER_MISUSE as exc:
-            raise StoreUnavailable(f"Redis command failed: {exc}") from None
-        except MaxConnectionsError:
+            return StoreUnavailable(f"Redis command failed: {exc}")
+        if isinstance(exc, _CLUSTER_MISUSE):
+            return StoreUnavailable(f"Redis command failed: {exc}")
+        if isinstance(exc, MaxConnectionsError):
             # Every connection of the pool is busy (more commands at once than `max_connections`):
             # this process's load, not an outage of a Redis that is answering them. Counted against
             # the breaker, a burst of requests opened it and refused everyone for its cooldown.
             # Not sent — but on a cluster it may be the retry of a try that ran (`refused`).
-            raise self.refused("Redis is busy: every connection of the pool is in use") from None
-        except NotSent:
+            return self.refused("Redis is busy: every connection of the pool is in use")
+        if isinstance(exc, NotSent):
             breaker.failure()
-            raise StoreRefused("Redis is unavailable: no connection") from None
-        except (RedisError, RedisClusterException, OSError, TimeoutError, RedisTimeoutError) as exc:
+            return StoreRefused("Redis is unavailable: no connection")
+        if isinstance(exc, (RedisError, RedisClusterException, OSError, TimeoutError, RedisTimeoutError)):
             # RedisClusterException: no node reachable, or slots not covered.
             breaker.failure()
-            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from None
-        except RuntimeError as exc:
+            return StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}")
+        if isinstance(exc, RuntimeError):
             # uvloop: Redis died between connect and the first command ("unable to perform
             # operation on <TCPTransport closed=True>"): an outage, not a bug.
             if "unable to perform operation" not in str(exc):
-                raise
+                return None
             breaker.failure()
-            raise StoreUnavailable("Redis is unavailable: connection closed") from None
-        except AttributeError as exc:
+            return StoreUnavailable("Redis is unavailable: connection closed")
+        if isinstance(exc, AttributeError):
             # redis-py's cluster client closed a connection while a command was using it (it
             # drops connections after errors and topology changes): the command met
             # `None.writelines`. An outage of that node; the same error from our code is a bug.
             if not _raised_inside_redis_py(exc):
-                raise
+                return None
             breaker.failure()
-            raise StoreUnavailable("Redis is unavailable: connection closed under the command") from None
-        else:
-            breaker.success()
+            return StoreUnavailable("Redis is unavailable: connection closed under the command")
+        return None
 
     async def get(self, key: str) -> bytes | None:
         async with self.guard(key):

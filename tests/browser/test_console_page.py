@@ -119,7 +119,9 @@ async def test_operator_journey(console_gateway: Gateway, page: Page, screenshot
     key = await page.input_value("#new-key")
     assert key.startswith("sk-sentinel-")
     await page.click("[data-copy='#new-key']")
-    await page.wait_for_function("document.querySelector(\"[data-copy='#new-key']\").textContent === 'Copied'")
+    # (a locator, not wait_for_function: its string predicate is eval'd in the page, which the console's
+    # CSP, without 'unsafe-eval', refused once under load — EvalError, the test failed)
+    await page.locator("[data-copy='#new-key']:text-is('Copied')").wait_for()
     await screenshot(page, "user-new-key")
 
     # Reloading the answer sends the form again (a browser's "resend"): no second key, no key shown.

@@ -275,7 +275,7 @@ class AdminApiRoutes:
     async def revoke_key(self, request: Request) -> RawResponse:
         actor = await self._actor(request)
         info = await self.service.revoke_key(request.path_params["key_id"], actor)
-        return _json({**key_json(info, self.service.clock()), "active": False, "status": "revoked"})
+        return _json(key_json(info, self.service.clock()))
 
     async def plans(self, request: Request) -> RawResponse:
         await self._access(request)

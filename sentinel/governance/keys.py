@@ -86,10 +86,12 @@ class ApiKeyInfo:
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """A revoked key's hash and whether this revocation revoked it (False: it was revoked before)."""
+    """A revoked key's hash, whether this revocation revoked it (False: it was revoked before) and
+    when it was revoked (the database's column, as the key list shows it)."""
 
     token_hash: str
     new: bool
+    revoked_at: datetime | None
 
 
 _INFO_COLUMNS = (
@@ -279,15 +281,17 @@ class KeyService:
                     update(ApiKey)
                     .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                     .values(revoked_at=self._clock())
-                    .returning(ApiKey.key_hash)
+                    .returning(ApiKey.key_hash, ApiKey.revoked_at)
                 )
-                found = result.scalar_one_or_none()
+                found = result.one_or_none()
                 earlier = None
                 if found is None:
-                    earlier = await session.scalar(select(ApiKey.key_hash).where(ApiKey.id == key_id))
+                    earlier = (await session.execute(
+                        select(ApiKey.key_hash, ApiKey.revoked_at).where(ApiKey.id == key_id)
+                    )).one_or_none()
                 elif audit is not None:
                     session.add(audit())
                 await session.commit()
         if found is not None:
-            return Revocation(found, new=True)
-        return None if earlier is None else Revocation(earlier, new=False)
+            return Revocation(found[0], True, found[1])
+        return None if earlier is None else Revocation(earlier[0], False, earlier[1])

@@ -33,7 +33,7 @@ import functools
 import logging
 import unicodedata
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -644,7 +644,8 @@ class AdminService:
                         "JWT_CACHE_TTL_SECONDS): %s", exc)
 
     async def revoke_key(self, key_id: str, actor: Actor) -> ApiKeyInfo:
-        """Revoke a key and replace its cached identity with a tombstone; NotFound when unknown.
+        """Revoke a key and replace its cached identity with a tombstone; the key as revoked (its
+        `revoked_at`, this revocation's or the earlier one's), NotFound when unknown.
         Revoking a revoked key again sends the tombstone again (no new audit entry): the retry after
         RevocationIncomplete, raised when the store cannot take it — the key is revoked in the
         database (and audited) but its cached identity may serve it until its TTL. The key itself
@@ -671,7 +672,8 @@ class AdminService:
                 "again once the store answers.",
                 key_id=key_id, external_id=info.external_id,
             )
-        return info
+        # As it is now: `info` was read before the revocation (its `revoked_at` was null in the answer).
+        return replace(info, revoked_at=revocation.revoked_at)
 
     # --- tiers --------------------------------------------------------------------------------------
     async def tiers(self) -> TiersView:

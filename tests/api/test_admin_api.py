@@ -696,6 +696,22 @@ def test_a_revocation_the_store_did_not_hear_about_is_a_503_and_revoking_again_c
         assert audit == [("key.revoke", gw.key_id)]
 
 
+def test_a_revocation_answers_the_key_as_revoked_when_it_was(any_db_gw: Gateway) -> None:
+    """The answer to a revocation showed the key as read before it (`revoked_at: null`, beside
+    `active: false`): a script confirming a revocation by its time read that none had been made. It
+    shows the moment the key list shows, and revoking it again the same one, not a later."""
+    gw = any_db_gw
+    with gw.admin() as client:
+        revoked = client.post(f"/admin/api/keys/{gw.key_id}/revoke")
+        assert revoked.status_code == 200, revoked.text
+        [listed] = [k for k in client.get("/admin/api/keys", params={"user": "alice"}).json()["keys"]
+                    if k["id"] == gw.key_id]
+        assert listed["revoked_at"] is not None
+        assert revoked.json() == listed and revoked.json()["status"] == "revoked"
+        again = client.post(f"/admin/api/keys/{gw.key_id}/revoke")
+        assert again.status_code == 200 and again.json() == listed, again.text
+
+
 def test_a_key_given_for_its_id_is_refused_without_quoting_it(gw: Gateway) -> None:
     """An operator who pastes the API key itself where its id goes got a 404 `No key 'sk-sentinel-...'`:
     the secret, in the answer (and an admin client's logs). It is a 400 in the admin API's error shape

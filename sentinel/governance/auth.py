@@ -26,8 +26,9 @@ Concurrent requests with one token share one source lookup (`SingleFlight`, per 
 first runs it, the others await its outcome (the same identity or error) and take no lookup turn;
 while a stale identity is being refreshed, the others are served it at once.
 
-A Sentinel key behind other text (`Bearer Bearer <key>`, quotes) is refused before any source is
-asked: it is no key, and the JWT source would have sent it to Zion as a token.
+A Sentinel key behind other text (`Bearer Bearer <key>`, quotes), or its prefix in other case
+(`SK-SENTINEL-`), is refused before any source is asked: it is no key, and the JWT source would
+have sent it to Zion as a token.
 
 With `require_email` (GOVERNANCE=zion, where usage is reported to Zion by email) an identity
 without an email is refused with 403 `usage_unreportable`: it would be served unmetered.
@@ -71,6 +72,11 @@ UNREPORTABLE = (
 KEY_BEHIND_TEXT = (
     f"The credential has something before its {KEY_PREFIX} key (a second 'Bearer', quotes): send the key "
     "alone, as Authorization: Bearer <key> or x-api-key: <key>"
+)
+# Said of a credential holding a Sentinel key whose prefix is written in other case (never repeated either).
+KEY_IN_OTHER_CASE = (
+    f"The credential holds a {KEY_PREFIX} key written in other case (`SK-SENTINEL-`, `Sk-sentinel-`): keys "
+    "are case-sensitive, send it exactly as it was issued"
 )
 
 
@@ -198,10 +204,11 @@ class Authenticator:
             raise AuthenticationError()
         if cached is not None and cached.value is None:
             raise Expired() if cached.reason == Expired.code else AuthenticationError()
-        if KEY_PREFIX in token and not token.startswith(KEY_PREFIX):
-            # A key behind other text (`Bearer Bearer <key>`, `x-api-key: Bearer <key>`, quotes) is no
-            # key, and would go to the JWT source as a token: to Zion's `/users/me`, into its logs.
-            raise AuthenticationError(KEY_BEHIND_TEXT)
+        if not token.startswith(KEY_PREFIX) and KEY_PREFIX in token.lower():
+            # A key behind other text (`Bearer Bearer <key>`, `x-api-key: Bearer <key>`, quotes) or with
+            # its prefix in other case (`Sk-sentinel-<key>`, a capitalising keyboard) is no key, and would
+            # go to the JWT source as a token: to Zion's `/users/me`, into its logs, the key's body whole.
+            raise AuthenticationError(KEY_BEHIND_TEXT if KEY_PREFIX in token else KEY_IN_OTHER_CASE)
         source = self._source_for(token)
         if source is None:
             raise AuthenticationError()

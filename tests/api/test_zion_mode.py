@@ -631,3 +631,25 @@ def test_a_sentinel_key_sent_behind_other_text_never_reaches_zion(
         assert anthropic.json()["error"]["type"] == "authentication_error"
     assert zion.attempts[ME] == 0, zion.attempts
     assert not [seen for seen in zion.seen if key in str(seen.headers)]
+
+
+def test_a_sentinel_key_with_its_prefix_in_other_case_never_reaches_zion(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """A user's key with its prefix written in other case (`Sk-sentinel-`, as a capitalising keyboard
+    or form writes it; `SK-SENTINEL-` and the key upper-cased) does not begin as a key, so it went to
+    Zion's `/users/me` as a bearer token — the key's body whole, into Zion's logs. It is refused (401,
+    saying why, never repeating it, counted) before any identity source is asked."""
+    gw = zion_gateway(gateway_factory, zion, auth_failures_per_minute=4, window_clock=FakeClock(time.time()))
+    key = asyncio.run(make_key(gw.settings.database_url, "kim-ext", "kim@example.com"))
+    body = key.removeprefix("sk-sentinel-")
+    messages = {"model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    for sent in ("Sk-sentinel-" + body, "SK-SENTINEL-" + body):
+        refused = post(gw, sent)
+        assert refused.status_code == 401, (sent, refused.text)
+        assert "other case" in refused.json()["error"]["message"] and body not in refused.text
+        anthropic = httpx.post(gw.url + "/v1/messages", headers={"x-api-key": sent}, json=messages, timeout=30)
+        assert anthropic.status_code == 401 and anthropic.json()["error"]["type"] == "authentication_error"
+    assert zion.attempts[ME] == 0, zion.attempts
+    assert not [seen for seen in zion.seen if body.lower() in str(seen.headers).lower()]
+    assert post(gw, key.upper()).json()["error"]["code"] == "auth_rate_limited"  # each was a failed authentication

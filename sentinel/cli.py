@@ -231,6 +231,8 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         _say(f"{PASTED_KEY} (`sentinel keys list`)")
         return 2
 
+    settings = _settings()
+
     async def go(admin: Any) -> int:
         try:
             await admin.revoke_key(args.key_id, _actor())
@@ -240,10 +242,14 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         except RevocationIncomplete as exc:  # revoked in the database; the shared cache not told
             _say(f"{exc.message}")
             return 3
-        print(f"revoked {args.key_id} (cached validations expire within JWT_CACHE_TTL_SECONDS)")
+        # With Redis the gateways' shared cache holds a tombstone now; the in-memory store is the
+        # running gateway's own, which this process cannot reach: its cached identity ends with its TTL.
+        print(f"revoked {args.key_id} (" + ("refused from now on by every gateway sharing this Redis, within a second"
+              if settings.redis_url else "a running gateway on the in-memory store refuses it once its cached "
+              "validation expires, within JWT_CACHE_TTL_SECONDS") + ")")
         return 0
 
-    return _run(_with_admin(_settings(), go))
+    return _run(_with_admin(settings, go))
 
 
 def cmd_plans_set(args: argparse.Namespace) -> int:

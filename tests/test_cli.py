@@ -34,6 +34,8 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     key_id = next(line.split()[0] for line in listed.stdout.splitlines() if "bob" in line)
     revoked = run(["keys", "revoke", key_id], env)
     assert revoked.returncode == 0
+    # No Redis: the running gateway's cache is its own process's, which this one cannot reach.
+    assert "in-memory store" in revoked.stdout and "JWT_CACHE_TTL_SECONDS" in revoked.stdout, revoked.stdout
     assert "revoked" in run(["keys", "list"], env).stdout
     missing = run(["keys", "revoke", "key_doesnotexist"], env)
     assert missing.returncode == 1
@@ -468,6 +470,8 @@ def test_a_revocation_redis_did_not_hear_about_exits_3_and_revoking_again_comple
     assert [line.split()[-1] for line in listed if line.startswith(key_id)] == ["revoked"]  # in the database
     retried = run(["keys", "revoke", key_id], {"DATABASE_URL": sqlite, "REDIS_URL": redis_url})
     assert retried.returncode == 0, retried.stderr
+    # The tombstone is in the shared cache: refused now, not once a TTL ends (as it said before).
+    assert "every gateway sharing this Redis" in retried.stdout and "TTL" not in retried.stdout, retried.stdout
     client = redis.Redis.from_url(redis_url)
     try:
         tombstone = client.get(f"sentinel:profile:{hash_key(key)}")

@@ -50,16 +50,6 @@ class _Ops:
     def _alive(self, key: str) -> bool:
         return not self._expired(key) and (key in self.data or key in self.hashes)
 
-    def _string(self, key: str) -> bool:
-        """Whether `key` holds a live string; a live hash there is an error, as in Redis."""
-        if self._expired(key):
-            return False
-        if key in self.data:
-            return True
-        if key in self.hashes:
-            raise TypeError(_WRONGTYPE)
-        return False
-
     def _hash(self, key: str) -> dict[str, bytes] | None:
         """The live hash at `key`, None when missing; a live string there is an error, as in Redis."""
         if self._expired(key):
@@ -72,7 +62,16 @@ class _Ops:
         return self._alive(key)
 
     def get(self, key: str) -> bytes | None:
-        return self.data[key] if self._string(key) else None
+        """The live string at `key`, None when missing; a live hash there is an error, as in Redis.
+        (`_expired`'s check written out: the scripts' reads, ~14 a request, make one call, not three.)"""
+        deadline = self.expiry.get(key)
+        if deadline is not None and deadline <= self._clock():
+            self.delete(key)
+            return None
+        value = self.data.get(key)
+        if value is None and key in self.hashes:
+            raise TypeError(_WRONGTYPE)
+        return value
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self.hashes.pop(key, None)  # SET replaces a value of any type
@@ -83,7 +82,8 @@ class _Ops:
             self.expiry[key] = self._clock() + ttl
 
     def incrby(self, key: str, amount: int) -> int:
-        current = int(self.data[key]) if self._string(key) else 0
+        found = self.get(key)
+        current = 0 if found is None else int(found)
         current += amount
         self.data[key] = str(current).encode()
         return current

@@ -25,13 +25,15 @@ class GroupCommit(Generic[T]):
         self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> None:
-        """Write `item` with whatever else is waiting; shielded, so a cancelled caller cannot cut a write."""
+        """Write `item` with whatever else is waiting. A cancelled caller cannot cut a write: the
+        flusher task writes, the caller only waits on its future (cancelled with it, then skipped), so
+        no shield is needed — one was an outer future and a turn of the loop more a request."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._queue.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
-        await asyncio.shield(future)
+        await future
 
     async def _flush(self) -> None:
         while self._queue:

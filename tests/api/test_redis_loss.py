@@ -59,24 +59,39 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @contextmanager
 def lost_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Callable[[], object]]]:
-    """A store of `kind` (`redis`: one server; `cluster`: a Redis Cluster), as its URL and a way to
-    lose its data (FLUSHALL, on each primary of a Cluster)."""
-    if kind == "cluster":
+    """A store of `kind` (`redis`: one server; `cluster`: a Redis Cluster; `shard`: one primary of a
+    Cluster alone), as its URL and a way to lose its data (FLUSHALL, on each primary of a Cluster; on
+    the primary holding the user's counters alone, not the one holding the first marker —
+    `sentinel:epoch`'s own slot —, as a failover to a replica that had not synced does)."""
+    if kind in ("cluster", "shard"):
         cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
-        yield request.getfixturevalue("redis_cluster_url"), cluster.flush
+        url = request.getfixturevalue("redis_cluster_url")
+        if kind == "cluster":
+            yield url, cluster.flush
+            return
+        shard = cluster.primary_of(f"sentinel:quota:{{{USER}}}:requests")
+        assert shard != cluster.primary_of("sentinel:epoch")  # the case one marker on one shard missed
+
+        def flush_shard() -> None:
+            with shard.client() as admin:
+                admin.flushall()
+
+        yield url, flush_shard
         return
     with RedisServerProcess(tmp_path, redis_bin()) as server, redis.Redis(port=server.port) as admin:
         yield server.url, admin.flushall
 
 
-@pytest.mark.parametrize("kind", ["redis", "cluster"])
+@pytest.mark.parametrize("kind", ["redis", "cluster", "shard"])
 def test_a_redis_that_lost_its_data_is_seeded_again_from_the_ledger_and_said_so(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, caplog: pytest.LogCaptureFixture,
     request: pytest.FixtureRequest, kind: str,
 ) -> None:
     """5 requests a day, 4 used, then Redis's FLUSHALL: every counter gone, and the user had 5 more
     (nothing said so). The gateway's next round notices, logs an ERROR once, counts it, and seeds the
-    day's counter from the ledger: 1 more, then 429 — on one Redis and on a Cluster alike."""
+    day's counter from the ledger: 1 more, then 429 — on one Redis and on a Cluster alike, and when
+    one shard of a Cluster alone lost its data (a marker on each primary: one on another shard saw
+    nothing, and the user had 5 more)."""
     with lost_store(kind, request, tmp_path) as (url, lose):
         gw = gateway_factory(redis_url=url, admin_key=ADMIN_KEY, window_clock=FakeClock(time.time()),
                              usage_flush_interval_seconds=0.05)
@@ -94,36 +109,6 @@ def test_a_redis_that_lost_its_data_is_seeded_again_from_the_ledger_and_said_so(
             assert losses(alice) == 1
             assert gw.quota_used() == {"requests": 4}
             assert statuses(alice, 2) == [200, 429]
-
-
-def test_a_cluster_shard_that_lost_its_data_alone_is_noticed_and_seeded(
-    gateway_factory: Callable[..., Gateway], redis_cluster: LocalRedisCluster, redis_cluster_url: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """One primary of the Cluster loses its data (FLUSHALL there alone, as a failover to a replica that
-    had not synced does): the user's counter is on it, the first marker (`sentinel:epoch`'s own slot)
-    is not. A marker on each primary notices it: said once, seeded, 1 more then 429 — where a single
-    marker on another shard saw nothing and the user had 5 more."""
-    counter = f"sentinel:quota:{{{USER}}}:requests"
-    shard = redis_cluster.primary_of(counter)
-    assert shard != redis_cluster.primary_of("sentinel:epoch")  # the case a single marker misses
-    gw = gateway_factory(redis_url=redis_cluster_url, admin_key=ADMIN_KEY, window_clock=FakeClock(time.time()),
-                         usage_flush_interval_seconds=0.05)
-    set_plan(gw.settings.database_url, USER, "five", "requests=5/1d")
-    check = loss_by_hand(gw)
-    with gw.client() as alice:
-        assert statuses(alice, 4) == [200] * 4
-        gw.settled_rows(4)
-        assert check() is True and losses(alice) == 0
-        with shard.client() as admin:
-            admin.flushall()
-        with caplog.at_level(logging.ERROR):
-            assert check() is True
-            assert check() is True  # one loss, said once
-        assert len(errors(caplog)) == 1, errors(caplog)
-        assert losses(alice) == 1
-        assert gw.quota_used() == {"requests": 4}
-        assert statuses(alice, 2) == [200, 429]
 
 
 def test_a_redis_that_kept_its_data_is_not_seeded_again(

@@ -282,12 +282,13 @@ class RequestMiddleware:
             )
             if len(self._children) < 10_000:
                 self._children[key] = children
-        children[0].inc()
-        children[1].observe(elapsed)
+        m = self.metrics
+        m.add(children[0])
+        m.observe(children[1], elapsed)
         if self.outcomes is not None and ctx.route.startswith(_API_ROUTES):
             self.outcomes.record(ctx.status)
         if ctx.upstream_status is not None:
-            children[2].observe(max(0.0, elapsed - ctx.upstream_seconds))
+            m.observe(children[2], max(0.0, elapsed - ctx.upstream_seconds))
         if self.access_log is not None:
             extra: dict[str, Any] = {
                 "method": scope["method"],

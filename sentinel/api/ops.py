@@ -132,6 +132,7 @@ class OpsRoutes:
         return RawResponse(200, body, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), NOSNIFF])
 
     async def _render(self) -> bytes:
+        self.metrics.flush()  # (here, on the event loop's thread: the one that adds)
         return await asyncio.to_thread(self.metrics.render)
 
     async def _check_token(self, request: Request) -> None:

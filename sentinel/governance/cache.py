@@ -110,7 +110,7 @@ class Cached(Generic[T]):
 def count_lookup(metrics: Metrics | None, cache: str, result: str) -> None:
     """Count one lookup of `cache` in `sentinel_cache_lookups_total`."""
     if metrics is not None:
-        metrics.child(metrics.cache_lookups, cache, result).inc()
+        metrics.add(metrics.child(metrics.cache_lookups, cache, result))
 
 
 async def read_entry(

@@ -436,7 +436,7 @@ class QuotaMeter:
         decision = reservation.decision
         if not decision.allowed:
             self._refuse(decision)
-        self.metrics.child(self.metrics.quota_decisions, "allowed", "").inc()
+        self.metrics.add(self.metrics.child(self.metrics.quota_decisions, "allowed", ""))
         admission.reservation = reservation
         admission.limiter = limiter
         admission.headers = decision.headers()
@@ -604,8 +604,9 @@ class QuotaMeter:
             input_tokens, output_tokens, source = usage.input_tokens, usage.output_tokens, "measured"
             cache_write, cache_read = usage.cache_write_tokens, usage.cache_read_tokens
             if admission.estimate_input > 0:
-                self.metrics.child(self.metrics.estimate_error, label).observe(
-                    (usage.input_tokens - admission.estimate_input) / admission.estimate_input
+                self.metrics.observe(
+                    self.metrics.child(self.metrics.estimate_error, label),
+                    (usage.input_tokens - admission.estimate_input) / admission.estimate_input,
                 )
         else:
             input_tokens = admission.estimate_input
@@ -736,15 +737,15 @@ class QuotaMeter:
     def _counted(self, record: UsageRecord) -> None:
         """Count a stored record in the metrics (tokens, requests by source, cost)."""
         m, label = self.metrics, self.metrics.model_label(record.model)
-        m.child(m.tokens, "input", label).inc(record.input_tokens)
-        m.child(m.tokens, "output", label).inc(record.output_tokens)
+        m.add(m.child(m.tokens, "input", label), record.input_tokens)
+        m.add(m.child(m.tokens, "output", label), record.output_tokens)
         if record.cache_write_tokens:
-            m.child(m.tokens, "cache_write", label).inc(record.cache_write_tokens)
+            m.add(m.child(m.tokens, "cache_write", label), record.cache_write_tokens)
         if record.cache_read_tokens:
-            m.child(m.tokens, "cache_read", label).inc(record.cache_read_tokens)
-        m.child(m.usage_requests, label, record.usage_source).inc()
+            m.add(m.child(m.tokens, "cache_read", label), record.cache_read_tokens)
+        m.add(m.child(m.usage_requests, label, record.usage_source))
         if record.cost_usd:
-            m.child(m.cost, record.provider or "none", label).inc(record.cost_usd)
+            m.add(m.child(m.cost, record.provider or "none", label), record.cost_usd)
 
     async def _settle_held(self, admission: Admission, name: str, input_tokens: int, output_tokens: int) -> bool:
         """Settle the reservation the object `name` holds (`hold`) to its usage; False when it holds

@@ -169,8 +169,8 @@ class AnswerRelay:
                                        previous, thread_messages)
         upstream.release()
         raw = b"".join(chunks)
-        self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint).observe(
-            time.perf_counter() - started
+        self.metrics.observe(
+            self.metrics.child(self.metrics.upstream_duration, upstream.provider, endpoint), time.perf_counter() - started
         )
         parsed = _json(raw, upstream)
         usage = final_usage(endpoint, parsed)

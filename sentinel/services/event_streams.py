@@ -101,7 +101,7 @@ def relay_events(
         ending.last = inspector.done or failure
 
     async def observe() -> None:
-        metrics.upstream_duration.labels(upstream.provider, endpoint).observe(time.perf_counter() - started)
+        metrics.observe(metrics.child(metrics.upstream_duration, upstream.provider, endpoint), time.perf_counter() - started)
         if inspector.parse_errors:
             metrics.sse_parse_errors.labels(endpoint).inc(inspector.parse_errors)
 

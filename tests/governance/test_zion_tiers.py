@@ -17,6 +17,7 @@ from sentinel.governance.zion_sources import ZionTiers, parse_tier_config
 from sentinel.observability.metrics import Metrics
 from sentinel.store import MemoryStore
 from tests.support.fake_zion import DEFAULT_TIERS
+from tests.support.metrics import counted
 
 
 def config(**entry_changes: Any) -> dict[str, Any]:
@@ -147,7 +148,7 @@ async def test_an_undecodable_stored_table_is_a_counted_miss(
     assert (await zt.table())["simple"][0].model == "gpt-4o-mini"
     assert source.calls == 1  # the garbage was a miss: Zion was asked
     assert parse_tier_config(orjson.loads(await store.get(ZionTiers.KEY) or b"")) == await zt.table()  # replaced
-    assert metrics.cache_lookups.labels("tiers", "undecodable")._value.get() == 1
+    assert counted(metrics, "sentinel_cache_lookups_total", cache="tiers", result="undecodable") == 1
     assert "undecodable tiers cache entry" in caplog.text
     # A corrupted last-good copy with Zion down: the fallback, not a 500.
     source.down = True

@@ -65,6 +65,52 @@ def test_child_counts_on_the_real_metric() -> None:
     assert counted(metrics, "sentinel_tokens_total", direction="input", model="gpt-4o") == 7
 
 
+def _samples(metrics: Metrics) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """Every sample of `metrics`' exposition but the `_created` times (they differ between registries)."""
+    return sorted(
+        (sample.name, tuple(sorted(sample.labels.items())), sample.value)
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+        if not sample.name.endswith("_created") and sample.value == sample.value
+    )
+
+
+def test_added_and_observed_counts_are_what_prometheus_client_counts_once_flushed() -> None:
+    """`add`/`observe` hold what they are given until `flush`, then the exposition is the one direct
+    `inc`/`observe` calls give: every bucket (a bound itself, below the first, past the last), the sum
+    and the count. This pins the prometheus_client internals `flush` moves."""
+    direct, held = Metrics(), Metrics()
+    values = [0.0, 0.0005, 0.00051, 0.3, 1, 29.9, 60, 61, 1e9, float("inf"), -2.5, float("nan")]
+    for metrics, inc, observe in (
+        (direct, lambda child, amount: child.inc(amount), lambda child, value: child.observe(value)),
+        (held, held.add, held.observe),
+    ):
+        for value in values:
+            observe(metrics.child(metrics.request_duration, "/v1/chat/completions"), value)
+            observe(metrics.child(metrics.estimate_error, "gpt-4o"), value / 10)
+        for amount in (1, 5, 0.25):
+            inc(metrics.child(metrics.tokens, "input", "gpt-4o"), amount)
+        inc(metrics.child(metrics.requests, "/v1/chat/completions", "post", "200"), 1)
+    # (the count is the +Inf bucket's: a NaN is in no bucket)
+    assert counted(direct, "sentinel_http_request_duration_seconds_count") == len(values) - 1
+    assert _samples(held) != _samples(direct)  # not handed over yet
+    held.flush()
+    assert _samples(held) == _samples(direct)
+    held.flush()  # nothing held: nothing counted twice
+    assert _samples(held) == _samples(direct)
+    assert counted(held, "sentinel_tokens_total", direction="input", model="gpt-4o") == 6.25
+
+
+def test_with_shared_files_counts_go_to_prometheus_client_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `--workers` another worker's scrape reads this process's files, never its memory."""
+    monkeypatch.setenv(MULTIPROC_ENV, "/nonexistent")  # only read by Metrics() here
+    metrics = Metrics()
+    metrics.add(metrics.child(metrics.tokens, "output", "none"), 3)
+    metrics.observe(metrics.child(metrics.overhead, "/v1/chat/completions"), 0.001)
+    assert metrics.child(metrics.tokens, "output", "none")._value.get() == 3
+    assert metrics.child(metrics.overhead, "/v1/chat/completions")._sum.get() == 0.001
+
+
 def test_two_registries_are_independent() -> None:
     one, two = Metrics(), Metrics()
     one.child(one.deliveries, "success").inc()

@@ -26,4 +26,4 @@ def metric(url: str, name: str, **labels: str) -> float | None:
 
 def counted(metrics: Metrics, name: str, **labels: str) -> float:
     """`sample_sum` over an in-process `Metrics` registry; 0 when nothing was recorded."""
-    return sample_sum(metrics.render().decode(), name, **labels) or 0.0
+    return sample_sum(metrics.exposition().decode(), name, **labels) or 0.0

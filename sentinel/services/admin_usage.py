@@ -275,23 +275,32 @@ class UsageReports:
 # source may vouch for) was two cells there, the second a formula; quoted, and first on its row, it
 # is one cell whatever the separator (a quote opening a field keeps every separator in it).
 _QUOTED = frozenset(',"\r\n;\t|')
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+# A formula's first character: = + - @ and the forms Unicode folds to them (NFKC) — fullwidth
+# (U+FF1D, U+FF0B, U+FF0D, U+FF20: an IME's, which a spreadsheet set for CJK input reads as the
+# ASCII sign), small (U+FE66, U+FE62, U+FE63, U+FE6B), superscript and subscript (U+207A, U+207B,
+# U+207C, U+208A, U+208B, U+208C) — and the minus sign U+2212, which spreadsheets take for `-`.
+_SIGNS = "=+\\-@\uff1d\uff0b\uff0d\uff20\ufe66\ufe62\ufe63\ufe6b\u207a\u207b\u207c\u208a\u208b\u208c\u2212"
+# A cell a spreadsheet may read as a formula (OWASP's CSV injection: = + - @, tab, CR), also past
+# leading whitespace, which LibreOffice and Excel skip before a sign (` =1+1`, `\t=1+1`). Unicode's
+# other spaces never reach here bare: `printable` escapes them (`\u3000`).
+_FORMULA = re.compile(rf"[\t\r]|\s*[{_SIGNS}]")
 # A cell after the first (the model) opens with its quote only for a reader splitting on `,`: one
 # splitting on `;`, tab or `|` starts a cell after each of them inside it (and a row after a line
-# break), so what follows one — past any quotes — must not start a formula either: the model
-# `x;=1+1;` was a cell `=1+1` there. Such a separator gets a ' after it, as a cell's start does.
-_INNER_FORMULA = re.compile(r'([;\t|\r\n]"*)(?=[=+\-@\t\r])')
+# break), so what follows one — past any quotes and whitespace — must not start a formula either:
+# the model `x;=1+1;` was a cell `=1+1` there. Such a separator gets a ' after it, as a cell's start does.
+_INNER_FORMULA = re.compile(rf'([;\t|\r\n]"*)(?=[\t\r]|\s*[{_SIGNS}])')
 
 
 def _csv_text(text: str, *, first: bool = False) -> str:
     """A text cell a spreadsheet reads as text, whatever separator it splits rows on: one starting
-    with = + - @, tab or CR is prefixed with ' (no formula), and unless it is `first` on its row so
+    with tab, CR or a sign (`_SIGNS`: = + - @, their fullwidth and other forms), the sign after
+    whitespace too, is prefixed with ' (no formula), and unless it is `first` on its row so
     is what follows each `;`, tab, `|` or line break in it (`_INNER_FORMULA`); then quoted when it
     holds a separator or a line break (see `_QUOTED`). A character that is not printable but tab, CR and
     LF (ESC, a C1 CSI, a bidi override: in a model name a provider reported for an eval run) is written as a `\\uXXXX`
     escape."""
     safe = printable(text, keep="\t\r\n")  # an ESC or CSI sequence reaches a terminal as text (`usage export`)
-    safe = "'" + safe if safe.startswith(_FORMULA) else safe
+    safe = "'" + safe if _FORMULA.match(safe) else safe
     if not first:
         safe = _INNER_FORMULA.sub(r"\1'", safe)
     if _QUOTED.isdisjoint(safe):

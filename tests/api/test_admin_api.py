@@ -562,6 +562,53 @@ def test_an_external_id_holding_another_separator_stays_one_cell_of_text(
     assert all(row["model"] == "gpt-4o-mini" and row["requests"] == "1" for row in exported.values())
 
 
+def test_a_formula_after_whitespace_or_in_a_fullwidth_sign_is_text_in_the_usage_csv(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """Only a cell starting with an ASCII `=`, `+`, `-`, `@`, tab or CR was prefixed with `'`: an external id
+    an identity source vouched for, ` =1+1` (LibreOffice and Excel skip the space) or `＝1+1` (a fullwidth
+    sign, which a spreadsheet set for CJK input reads as `=`), and a model name a provider reported,
+    `x; ＋1`, were exported as formulas. Read with `,`, `;`, tab or `|`, no cell starts one now, past
+    whitespace and in any form Unicode folds to a sign (NFKC) or the minus sign — on the admin API's
+    export and the console's download alike."""
+    import csv
+    import io
+    import unicodedata
+
+    import jwt
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    gw = gateway_factory(admin_key=ADMIN_KEY, jwt_secret=secret, usage_flush_interval_seconds=0.1)
+    ids = [" =1+1", "\uff1d1+1", "  \uff0bSUM(1)", "\uff20A1", "\uff0d1", "\u22121", "\ufe661"]
+    for external_id in ids:
+        token = jwt.encode({"sub": "u", "externalId": external_id, "exp": int(time.time()) + 600}, secret,
+                           algorithm="HS256")
+        answer = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, json=CHAT,
+                            timeout=30)
+        assert answer.status_code == 200, answer.text
+    models = {"\uff1d1+1": "x; =1+1", "\uff20A1": "x|\uff0b1", "\uff0d1": "\uff1dx"}  # as a provider may report
+    with gw.admin() as http:
+        assert wait_for(lambda: http.get("/admin/api/usage.csv").text.count("\r\n") == len(ids) + 1)
+        conn = sqlite3.connect(sqlite_file(gw.settings.database_url), timeout=10)
+        with conn:
+            for external_id, model in models.items():
+                conn.execute("UPDATE usage_ledger SET model = ? WHERE external_id = ?", (model, external_id))
+        conn.close()
+        exports = [http.get("/admin/api/usage.csv").text]
+    console, _ = signed_in(gw)
+    exports.append(console.get("/admin/export.csv").text)
+    console.close()
+    for text in exports:
+        for separator in (",", ";", "\t", "|"):
+            cells = [cell for row in csv.reader(io.StringIO(text), delimiter=separator) for cell in row]
+            starts = [unicodedata.normalize("NFKC", cell.lstrip())[:1] for cell in cells]
+            formulas = [c for c, s in zip(cells, starts, strict=True) if s in ("=", "+", "-", "@", "\u2212")]
+            assert formulas == [], (separator, formulas)
+        exported = {row["external_id"]: row["model"] for row in csv.DictReader(io.StringIO(text))}
+        assert exported == {"'" + i: models.get(i, "gpt-4o-mini").replace("; ", ";' ").replace("|", "|'")
+                            .replace("\uff1dx", "'\uff1dx") for i in ids}, exported
+
+
 def test_every_admin_api_error_is_not_stored(gw: Gateway) -> None:
     """Only the admin API's successes carried `Cache-Control: no-store`: its refusals (a missing key,
     a bad input, an unknown user or route, a wrong method) could be kept by a cache along the way."""

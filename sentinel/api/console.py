@@ -38,7 +38,7 @@ from sentinel.api.bodies import (
     refuse_unreadable_query,
     sign_in_deadline,
 )
-from sentinel.api.console_html import layout, message_page, shown_id, signin_page, spelled_id
+from sentinel.api.console_html import isolated, layout, message_page, shown_id, signin_page, spelled_id
 from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
@@ -378,16 +378,20 @@ class ConsoleRoutes:
             return await self._plans_page(session, 400, new_plan=(name, limits, errors))
         return _see_other("/admin/plans")
 
+    def _plan_page(self, name: str, body: str, session: str, status: int = 200) -> RawResponse:
+        """A plan's page, its name isolated in the heading (`isolated`: a right-to-left name reorders nothing)."""
+        return self._page(f"Plan {name}", body, session, "/admin/plans", status, heading=f"Plan {isolated(name)}")
+
     async def plan(self, request: Request) -> RawResponse:
         name = request.path_params["name"]
         if is_read(request):
             async def render(session: str) -> RawResponse:
                 plan = await self.service.plan(name)
                 if not self.service.builtin:
-                    return self._page(f"Plan {name}", pages.plan_not_in_effect(plan), session, "/admin/plans")
+                    return self._plan_page(name, pages.plan_not_in_effect(plan), session)
                 rows = [LimitInput(lim.metric, str(lim.limit), format_window(lim.window_seconds)) for lim in plan.limits]
                 body = pages.plan_form(name, rows, self.gate.csrf_for(session), create=False)
-                return self._page(f"Plan {name}", body, session, "/admin/plans")
+                return self._plan_page(name, body, session)
 
             return await self._guarded(request, render)
         checked = await self._post(request)
@@ -401,11 +405,11 @@ class ConsoleRoutes:
         except PlanChangeIncomplete as exc:
             return self._incomplete(exc)
         except Conflict:  # GOVERNANCE=zion: the plan shown, not in effect, with no form
-            return self._page(f"Plan {name}", pages.plan_not_in_effect(plan), session, "/admin/plans", 409)
+            return self._plan_page(name, pages.plan_not_in_effect(plan), session, 409)
         except InvalidRequest as exc:
             body = pages.plan_form(name, limits, self.gate.csrf_for(session), create=False,
                                    errors=field_errors(exc) or {"limits": exc.message})
-            return self._page(f"Plan {name}", body, session, "/admin/plans", 400)
+            return self._plan_page(name, body, session, 400)
         return _see_other("/admin/plans")
 
     async def delete_plan(self, request: Request) -> RawResponse:

@@ -51,10 +51,17 @@ def look_alike(text: str) -> str | None:
     return "; ".join(notes) or None
 
 
+def isolated(value: object) -> str:
+    """Text someone else chose (an email, a key's, plan's, model's or provider's name, an audit
+    detail) as HTML: escaped and isolated (`<bdi>`), so a right-to-left name, or an override a row of
+    an earlier version holds, reorders nothing around it (`alice@\u202eevil` read on as another's,
+    a plan `\u05d6\u05d4\u05d1` swapped the text after it); "" for None."""
+    return "" if value is None else f"<bdi>{e(value)}</bdi>"
+
+
 def shown_id(text: str) -> str:
-    """A user id as HTML: escaped, isolated (`<bdi>`: a right-to-left id, or an override a row of an
-    earlier version holds, leaves the text after it as it is), and followed by its `id_badge`."""
-    return f"<bdi>{e(text)}</bdi>{id_badge(text)}"
+    """A user id as HTML: escaped, isolated (`isolated`), and followed by its `id_badge`."""
+    return f"{isolated(text)}{id_badge(text)}"
 
 
 def spelled_id(text: str) -> str:

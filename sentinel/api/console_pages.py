@@ -17,6 +17,7 @@ from sentinel.api.console_html import (
     e,
     error_for,
     id_badge,
+    isolated,
     look_alike,
     ms,
     num,
@@ -58,7 +59,7 @@ def user_href(external_id: str, action: str = "") -> str:
 
 def user_link(external_id: str) -> str:
     """A link to the user's page, marked when the id may read as another's (`id_badge`)."""
-    return f'<a href="{e(user_href(external_id))}"><bdi>{e(external_id)}</bdi></a>{id_badge(external_id)}'
+    return f'<a href="{e(user_href(external_id))}">{isolated(external_id)}</a>{id_badge(external_id)}'
 
 
 def _tile(label: str, value: str, key: str) -> str:
@@ -105,7 +106,7 @@ def overview(view: Overview) -> str:
     )
     models = table(
         ("Model", "Requests", "Input", "Output", "Cost"),
-        ([f'{e(r.name or "(none)")} <span class="provider">{e(r.provider or "")}</span>', num(r.requests),
+        ([f'{isolated(r.name) if r.name else "(none)"} <span class="provider">{isolated(r.provider)}</span>', num(r.requests),
           short(r.input_tokens), short(r.output_tokens), usd(r.cost_usd)] for r in view.top_models),
         empty="No requests in this period.", cls="top-models",
     )
@@ -134,7 +135,8 @@ def providers(view: Overview) -> str:
             state = f'<span class="badge warn">soft backoff {p.remaining_seconds:.0f} s: avoided, not refused</span>'
         else:
             state = f'<span class="badge bad">backoff {p.remaining_seconds:.0f} s</span>'
-        rows.append([e(p.provider), e(p.model or "–"), e(", ".join(p.tiers) or "–"), state, num(p.failures),
+        rows.append([isolated(p.provider), isolated(p.model) if p.model else "–", e(", ".join(p.tiers) or "–"), state,
+                     num(p.failures),
                      f"{p.backoff_seconds:.0f} s"])
     note = f'<p class="error">{e(view.providers_error)}</p>' if view.providers_error else ""
     return note + table(("Provider", "Model", "Tiers", "State", "Failures", "Backoff"), rows,
@@ -161,7 +163,8 @@ def users_page(found: Sequence[UserSummary], query: str | None) -> str:
         '<input name="id" placeholder="external id" aria-label="Open a user by external id" required>'
         '<button type="submit">Open</button></form>'
     )
-    rows = ([user_link(u.external_id), e(u.email or ""), e(u.plan_name or "(default)"), num(u.active_keys),
+    rows = ([user_link(u.external_id), isolated(u.email), isolated(u.plan_name) if u.plan_name else "(default)",
+             num(u.active_keys),
              when(u.last_used_at), when(u.created_at)] for u in found)
     return search + table(("User", "Email", "Plan", "Active keys", "Last used", "Created"), rows,
                           empty="No user matches.", cls="users")
@@ -204,7 +207,7 @@ def _keys(keys: Sequence[ApiKeyInfo], csrf: str | None, now: datetime) -> str:
         expires = "never" if k.expires_at is None else when(k.expires_at)
         if k.status(now) == "expired":
             expires = f'<span class="key-expired">expired {expires}</span>'
-        rows.append([f"<code>{e(k.prefix)}…</code>", e(k.name or ""), when(k.created_at), when(k.last_used_at),
+        rows.append([f"<code>{e(k.prefix)}…</code>", isolated(k.name), when(k.created_at), when(k.last_used_at),
                      expires, action])
     return table(("Prefix", "Name", "Created", "Last used", "Expires", ""), rows, empty="No keys.", cls="keys")
 
@@ -274,7 +277,7 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
         )
     changes = "" if plans is None else " Changes apply at once."
     parts.append(
-        f'<section><h2>Plan</h2><p>Enforced now: <strong class="plan-name">{e(enforced or "–")}</strong> '
+        f'<section><h2>Plan</h2><p>Enforced now: <strong class="plan-name">{isolated(enforced) if enforced else "–"}</strong> '
         f"({e(origin)}).{changes}</p>{choice}"
         f"{_quota(detail) if detail else ''}</section>"
     )
@@ -298,11 +301,11 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
                       [["last 30 days", num(month.requests), num(month.errors), num(month.input_tokens),
                         num(month.output_tokens), usd(month.cost_usd)]], cls="usage")
         models = table(("Model", "Requests", "Input", "Output"),
-                       ([e(r["model"] or "(none)"), num(r["requests"]), num(r["input_tokens"]), num(r["output_tokens"])]
+                       ([isolated(r["model"]) if r["model"] else "(none)", num(r["requests"]), num(r["input_tokens"]), num(r["output_tokens"])]
                         for r in detail.models_24h), empty="No requests in the last 24 hours.", cls="models")
         recent = table(
             ("Finished", "Endpoint", "Model", "Status", "Input", "Output", "Latency", "Cost"),
-            ([when(r.finished_at), e(r.endpoint), e(r.model or ""), num(r.status), num(r.input_tokens),
+            ([when(r.finished_at), e(r.endpoint), isolated(r.model), num(r.status), num(r.input_tokens),
               num(r.output_tokens), ms(r.latency_ms), usd(r.cost_usd)] for r in detail.recent),
             empty="No requests recorded yet.", cls="recent",
         )
@@ -357,7 +360,7 @@ def plans_page(plans: Sequence[tuple[Plan, int]], tiers: TiersView, csrf: str | 
     for plan, users in plans:
         path = f"/admin/plans/{quote(plan.name, safe='')}"
         rows.append([
-            f'<a href="{path}">{e(plan.name)}</a>', e(", ".join(lim.describe() for lim in plan.limits) or "no limits"),
+            f'<a href="{path}">{isolated(plan.name)}</a>', e(", ".join(lim.describe() for lim in plan.limits) or "no limits"),
             num(users),
             f'<form method="post" action="{path}/delete" class="inline">{csrf_field(csrf)}<button type="submit" '
             f'class="danger" data-confirm="Delete plan {e(plan.name)}? Its users get the default plan.">Delete</button></form>'
@@ -390,19 +393,19 @@ def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str | No
     out = []
     if failed is not None and (failed[1] is None or failed[0] not in TIERS or not view.editable):
         action = "reset" if failed[1] is None else "saved"
-        out.append(f'<p class="error" role="alert">Tier “{e(failed[0])}” was not {action}:</p>'
+        out.append(f'<p class="error" role="alert">Tier “{isolated(failed[0])}” was not {action}:</p>'
                    + "".join(error_for(failed[2], name) for name in failed[2]))
         failed = None
     for tier in TIERS:
         effective = view.effective.get(tier, [])
-        shown = ", ".join(
-            f"{x.provider}/{x.model} (cost {x.relative_cost})"
+        shown = ", ".join(  # HTML: each candidate's provider and model isolated
+            f"{isolated(f'{x.provider}/{x.model}')} (cost {x.relative_cost})"
             + ("" if not view.providers or x.provider in view.providers else " – provider not configured")
             for x in effective
         ) or "(none)"
         source = "database" if view.overrides.get(tier) else "configuration"
         if not view.editable:
-            out.append(f'<div class="tier"><h3>{e(tier)}</h3><p>{e(shown)}</p></div>')
+            out.append(f'<div class="tier"><h3>{e(tier)}</h3><p>{shown}</p></div>')
             continue
         lines = "\n".join(
             f"{x.provider}/{x.model}:{x.relative_cost}:{_price(x.input_price_per_million)}:"
@@ -418,7 +421,7 @@ def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str | No
             for k, v in errors.items()
         )
         out.append(
-            f'<div class="tier"><h3>{e(tier)}</h3><p>In effect ({e(source)}): {e(shown)}</p>'
+            f'<div class="tier"><h3>{e(tier)}</h3><p>In effect ({e(source)}): {shown}</p>'
             f'<form method="post" action="/admin/tiers/{e(tier)}">{csrf_field(csrf)}'
             f'<label>Candidates, one per line: <code>provider/model:cost[:input_price:output_price]</code>'
             f'<textarea name="entries" rows="3">{e(lines)}</textarea></label>{messages}'
@@ -430,15 +433,16 @@ def tiers_section(view: TiersView, csrf: str | None, failed: tuple[str, str | No
 
 
 def _detail(value: object) -> str:
-    """An audit detail's value as an operator reads it: a change (`{"from": a, "to": b}`, as a key's
-    email change records it) as `a → b`, nothing as "none", other values as JSON (not Python's repr)."""
+    """An audit detail's value as an operator reads it, as HTML: a change (`{"from": a, "to": b}`, as a
+    key's email change records it) as `a → b`, nothing as "none", a text isolated (`isolated`: an email
+    or a key's name someone chose), other values as JSON (not Python's repr)."""
     if isinstance(value, dict) and value.keys() == {"from", "to"}:
         return f"{_detail(value['from'])} → {_detail(value['to'])}"
     if value is None:
         return "none"
     if isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
+        return isolated(value)
+    return e(orjson.dumps(value).decode())
 
 
 def _details(details: Mapping[str, object]) -> str:
@@ -447,7 +451,7 @@ def _details(details: Mapping[str, object]) -> str:
     id an identity source vouched for forge the details after it (`bob, prefix: sk-sentinel-x`), or read
     as another's (`alice\u00a0` as `alice`) with no badge saying so."""
     items = "".join(
-        f"<li>{e(k)}: {shown_id(v) if k == 'user' and isinstance(v, str) else e(_detail(v))}</li>"
+        f"<li>{e(k)}: {shown_id(v) if k == 'user' and isinstance(v, str) else _detail(v)}</li>"
         for k, v in details.items()
     )
     return f'<ul class="details">{items}</ul>' if items else ""

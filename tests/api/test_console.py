@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -113,7 +114,7 @@ def test_tier_form_errors_name_their_line(console: Console) -> None:
     assert (field_error(page.text, "entries.1") or "").startswith("line 2: invalid tier entry")
     assert "relative cost" in (field_error(page.text, "entries.2") or "")
     assert console.post("/admin/tiers/simple", {"entries": "openai/gpt-4o:2:2.5:10"}).status_code == 303
-    assert "In effect (database): openai/gpt-4o (cost 2)" in console.get("/admin/plans").text
+    assert "In effect (database): <bdi>openai/gpt-4o</bdi> (cost 2)" in console.get("/admin/plans").text
     assert console.post("/admin/tiers/simple/reset", {}).status_code == 303
     assert "In effect (configuration)" in console.get("/admin/plans").text
 
@@ -308,8 +309,8 @@ def test_the_audit_page_shows_a_change_as_before_and_after(console: Console) -> 
     for email in ("carol@example.com", "c@example.org"):
         assert console.create_key("/admin/users/carol", {"name": "k", "email": email}).status_code in (200, 303)
     audit = html.unescape(console.get("/admin/audit").text)
-    assert "email: none → carol@example.com" in audit
-    assert "email: carol@example.com → c@example.org" in audit
+    assert "email: none → <bdi>carol@example.com</bdi>" in audit
+    assert "email: <bdi>carol@example.com</bdi> → <bdi>c@example.org</bdi>" in audit
     assert "{'from'" not in audit
 
 
@@ -473,3 +474,80 @@ def test_a_plan_change_not_in_force_names_its_users_as_every_page_does(
         assert "<bdi>bob</bdi>" in page.text
     finally:
         console.http.close()
+
+
+class _TextNodes(HTMLParser):
+    """Each text node of a page with the tag it is directly inside (`<title>`, `<option>` and
+    `<textarea>` hold text only: left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.nodes: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag not in ("br", "input", "meta", "link", "img", "hr"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.open and self.open.pop() != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        if not self.open or self.open[-1] not in ("title", "option", "textarea"):
+            self.nodes.append((self.open[-1] if self.open else "", data))
+
+
+def test_every_name_someone_chose_is_isolated_on_the_console(gateway_factory: Callable[..., Gateway]) -> None:
+    """Only user ids were drawn isolated (`<bdi>`): an email, a key's, plan's, model's or provider's
+    name (right-to-left, or holding a bidi override a provider reported or a row of an earlier version
+    holds) ran on into the text around it — `Enforced now: <plan> (assigned)` swapped the plan's
+    neighbours, a model `\u202ex-tpg` read as `gpt-x`, and an email read on as another's. Each is now its
+    own `<bdi>`, on every page that shows it."""
+    import sqlite3
+    from urllib.parse import quote
+
+    from tests.support.attack import sqlite_file
+
+    gw = gateway_factory(admin_key=ADMIN_KEY, usage_flush_interval_seconds=0.1)
+    email, key_name, plan = "\u05d3\u05d5\u05d3@example.com", "\u05de\u05d7\u05e9\u05d1 1", "gold-2"  # plans: ASCII
+    model, provider = "\u202ex-tpg", "\u05e1\u05e4\u05e7"  # recorded as a provider reported them
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    with gw.admin() as http:
+        limits = {"create": True, "limits": [{"metric": "requests", "limit": 100, "window": "1h"}]}
+        assert http.put(f"/admin/api/plans/{quote(plan, safe='')}", json=limits).status_code == 200
+        assert http.put("/admin/api/users/alice/plan", json={"plan": plan}).status_code == 200
+        created = http.post("/admin/api/users/alice/keys", json={"name": key_name, "email": email})
+        assert created.status_code == 201, created.text
+        with gw.client(created.json()["key"]) as alice:
+            assert alice.post("/v1/chat/completions", json=chat).status_code == 200
+        assert wait_for(lambda: http.get("/admin/api/usage/totals", params={"user": "alice"}).json()["models"])
+    conn = sqlite3.connect(sqlite_file(gw.settings.database_url), timeout=10)
+    with conn:
+        conn.execute("UPDATE usage_ledger SET model = ?, provider = ? WHERE external_id = 'alice'", (model, provider))
+    conn.close()
+    console = Console(gw)
+    try:
+        pages = {path: console.get(path) for path in ("/admin?period=1h", "/admin/users", "/admin/users/alice",
+                                                      "/admin/plans", f"/admin/plans/{quote(plan, safe='')}",
+                                                      "/admin/audit")}
+    finally:
+        console.http.close()
+    shown: dict[str, set[str]] = {name: set() for name in (email, key_name, plan, model, provider)}
+    for path, page in pages.items():
+        assert page.status_code == 200, (path, page.text[:300])
+        parser = _TextNodes()
+        parser.feed(page.text)
+        for tag, text in parser.nodes:
+            for name in shown:
+                if name in text:
+                    assert (tag, text) == ("bdi", name), (path, tag, text)  # the whole name, isolated alone
+                    shown[name].add(path)
+    assert shown == {
+        email: {"/admin/users", "/admin/audit"},
+        key_name: {"/admin/users/alice", "/admin/audit"},
+        plan: {"/admin/users", "/admin/users/alice", "/admin/plans", f"/admin/plans/{quote(plan, safe='')}",
+               "/admin/audit"},
+        model: {"/admin?period=1h", "/admin/users/alice"},
+        provider: {"/admin?period=1h"},
+    }, shown

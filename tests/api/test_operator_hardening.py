@@ -215,7 +215,7 @@ def test_a_refused_save_of_an_unknown_tier_says_why(console: Console) -> None:
     """The message was keyed to a tier no form shows: a 400 page that said nothing."""
     page = console.post("/admin/tiers/bogus", {"entries": "openai/gpt-4o:1"})
     assert page.status_code == 400
-    assert "Tier \u201cbogus\u201d was not saved" in page.text
+    assert "Tier \u201c<bdi>bogus</bdi>\u201d was not saved" in page.text
     assert "one of simple" in (field_error(page.text, "tier") or "")
     reset = console.post("/admin/tiers/bogus/reset", {})
     assert reset.status_code == 400 and reset.headers["content-type"].startswith("text/html")
@@ -267,7 +267,7 @@ def test_a_user_whose_id_no_path_can_hold_is_managed_by_query(
     links = re.findall(r'<a href="([^"]+)"><bdi>([^<]*)</bdi></a>', listed.text)
     href = next(html.unescape(h) for h, text in links if html.unescape(text) == external_id)
     page = console.get(href)
-    assert page.status_code == 200 and 'class="plan-name">team<' in page.text, (href, page.status_code)
+    assert page.status_code == 200 and 'class="plan-name"><bdi>team</bdi><' in page.text, (href, page.status_code)
     plan_action = re.search(r'<form method="post" action="([^"]+)" class="inline"><input type="hidden" name="csrf"',
                             page.text)
     assert plan_action is not None

@@ -28,12 +28,10 @@ from sentinel.mock.openai_wire import (
     usage_block,
 )
 from sentinel.mock.text import count_tokens, echo_text, new_id, shape_text, stop_list
+from sentinel.native.openai_checks import MAX_EMBEDDING_INPUTS
 
 DIMENSIONS = {"text-embedding-3-large": 3072, "text-embedding-3-small": 1536, "text-embedding-ada-002": 1536}
 DEFAULT_DIMENSIONS = 1536
-# OpenAI's most inputs in one embeddings request. Unbounded, each input of ~4 bytes grew the mock (in
-# the embedded default, the gateway's own process) by a vector of 1,536 floats: a 10 MB body, ~20 GB.
-MAX_EMBEDDING_INPUTS = 2048
 
 # (id, created, owned_by): the original system's static list plus the embedding models.
 OPENAI_MODELS: tuple[tuple[str, int, str], ...] = (
@@ -90,6 +88,8 @@ def embeddings(call: Call) -> Reply:
     body = json_object(call)
     model = require_model(body)
     items = _inputs(body.get("input"))
+    # (OpenAI's most, as Sentinel's: unbounded, each input of ~4 bytes grew the mock — in the embedded
+    # default, the gateway's own process — by a vector of 1,536 floats: a 10 MB body, ~20 GB)
     if len(items) > MAX_EMBEDDING_INPUTS:
         raise WireError(400, f"Too many inputs. The max number of inputs is {MAX_EMBEDDING_INPUTS}.", param="input")
     last = items[-1]

@@ -16,6 +16,15 @@ from sentinel.native.types import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
 
 MAX_N = 128  # OpenAI's range for `n`
 MAX_BEST_OF = 20  # and for `best_of` (legacy completions)
+# OpenAI's most inputs in one embeddings request (a token-id list is one input). Unbounded, 2.4 million
+# one-word inputs (a 10 MB body) were each counted, seconds of a counting thread every user shares,
+# before the provider refused them.
+MAX_EMBEDDING_INPUTS = 2048
+# A token id: no vocabulary comes near 2^31 (o200k_base has ~200,000); a provider reads it as a 32-bit int.
+MAX_TOKEN_ID = 2**31 - 1
+# An embedding's `dimensions`: the longest any provider serves is 4,096 (OpenAI's 3,072); each provider
+# refuses past its model's own, Sentinel only what no model takes.
+MAX_DIMENSIONS = 16_384
 # An output cap past the most tokens a provider is believed to report for one call is no cap a
 # provider takes: refused here, as `/v1/messages`' `max_tokens` is (with the bound said).
 _CAP = f"must be an integer from 1 to {MAX_COUNT}"
@@ -134,8 +143,7 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         check_caps(endpoint, payload)
         check_stop(payload.get("stop"), "stop")
     elif endpoint == "embeddings":
-        if not _text_or_tokens(payload.get("input")):
-            raise invalid("input", "must be a string, an array of strings or an array of token ids")
+        check_embeddings(payload)
     elif endpoint == "responses":
         items = payload.get("input")
         if items is not None and not isinstance(items, str | list):
@@ -152,6 +160,49 @@ def check_metered_fields(endpoint: str, payload: dict[str, Any]) -> None:
         check_caps(endpoint, payload)
         check_named_ids(payload)
         check_foreground(payload)
+
+
+def check_embeddings(payload: dict[str, Any], where: str = "") -> None:
+    """Raise NativeValidationError (`param` prefixed by `where`) unless an embeddings body's `input` is
+    what OpenAI takes: a non-empty string, or an array of at most MAX_EMBEDDING_INPUTS non-empty
+    strings, of token ids, or of non-empty arrays of token ids (a token id a whole number from 0 to
+    MAX_TOKEN_ID); and its `dimensions` a whole number from 1 to MAX_DIMENSIONS, its `encoding_format`
+    a string, when given. Told before anything is counted or reserved: the length first, so that a
+    body of millions of inputs costs one `len`."""
+    param = where + "input"
+    value = payload.get("input")
+    if isinstance(value, str):
+        if not value:
+            raise invalid(param, "must not be an empty string")
+    elif not isinstance(value, list) or not value:
+        raise invalid(param, "must be a non-empty string, or a non-empty array of strings, of token ids or of "
+                             "arrays of token ids")
+    elif _is_int(value[0]):
+        _check_token_ids(value, param)  # one input, tokenised
+    elif not isinstance(value[0], str | list):
+        raise invalid(param + ".0", "must be a string, a token id or an array of token ids")
+    else:
+        if len(value) > MAX_EMBEDDING_INPUTS:
+            raise invalid(param, f"holds {len(value):,} inputs: at most {MAX_EMBEDDING_INPUTS:,} a request")
+        text = isinstance(value[0], str)
+        for i, item in enumerate(value):
+            if text and isinstance(item, str):
+                if not item:
+                    raise invalid(f"{param}.{i}", "must not be an empty string")
+            elif not text and isinstance(item, list) and item:
+                _check_token_ids(item, f"{param}.{i}")
+            else:
+                raise invalid(f"{param}.{i}", "must be a non-empty string, as the first input is" if text
+                              else "must be a non-empty array of token ids, as the first input is")
+    _optional(payload, "dimensions", _positive_int(MAX_DIMENSIONS), f"must be an integer from 1 to {MAX_DIMENSIONS}",
+              where)
+    _optional(payload, "encoding_format", lambda v: isinstance(v, str), "must be a string ('float' or 'base64')",
+              where)
+
+
+def _check_token_ids(ids: list[Any], param: str) -> None:
+    if not all(_is_int(token) and 0 <= token <= MAX_TOKEN_ID for token in ids):
+        raise invalid(param, f"must be an array of token ids (integers from 0 to {MAX_TOKEN_ID})")
 
 
 def check_caps(endpoint: str, payload: dict[str, Any], where: str = "") -> None:

@@ -32,6 +32,7 @@ from sentinel.native._wire import is_number
 from sentinel.native.errors import NativeValidationError
 from sentinel.native.openai_checks import (
     check_caps,
+    check_embeddings,
     check_foreground,
     check_named_ids,
     check_stop,
@@ -704,6 +705,8 @@ def read_batch_input(
                 if url in ("/v1/chat/completions", "/v1/completions"):
                     # as the metered endpoints hold a `stop` (the provider runs it; no estimate counts it)
                     check_stop(body.get("stop"), "body.stop")
+                if url == "/v1/embeddings":  # as the metered endpoint holds its inputs (each counted here)
+                    check_embeddings(body, "body.")
                 # and the fields its reservation reads (a line whose `url` Sentinel does not know: as any)
                 for name in (endpoint,) if endpoint is not None else ("chat", "completions", "responses"):
                     check_caps(name, body, "body.")

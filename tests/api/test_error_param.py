@@ -64,8 +64,10 @@ def test_an_error_about_no_parameter_carries_param_null(gateway: Gateway) -> Non
 def test_a_relayed_provider_refusal_keeps_the_providers_param(gateway: Gateway) -> None:
     """An upstream 400 relayed on `/v1` keeps the provider's `param` with its type, code and message."""
     with pytest.raises(openai.BadRequestError) as refused:
-        gateway.openai().embeddings.create(model="text-embedding-3-small", input="hi", dimensions=0)
+        # (past the model's own 1,536, which the provider knows and Sentinel does not: 0 is Sentinel's 400)
+        gateway.openai().embeddings.create(model="text-embedding-3-small", input="hi", dimensions=4000)
     assert refused.value.param == "dimensions", refused.value.body
+    assert refused.value.code == "provider_rejected_request", refused.value.body
 
 
 def test_the_native_api_names_the_param_at_the_top_as_its_schema_says(gateway: Gateway) -> None:

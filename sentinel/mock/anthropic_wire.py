@@ -145,7 +145,7 @@ def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
     return format_
 
 
-def _answer(prompt: Prompt, faults: Faults) -> tuple[TextOutput, list[dict[str, Any]]]:
+def _answer(prompt: Prompt, faults: Faults, room: int | None) -> tuple[TextOutput, list[dict[str, Any]]]:
     body = prompt.body
     stops = stop_list(body.get("stop_sequences"))
     format_ = _output_format(body)
@@ -157,7 +157,7 @@ def _answer(prompt: Prompt, faults: Faults) -> tuple[TextOutput, list[dict[str, 
         uses = _tool_uses(body, prompt.user_text, faults)
     if format_ is not None:
         answer = structured_text("json_schema", format_.get("schema"), answer) or answer
-    return shape_text(answer, body["max_tokens"], stops), uses
+    return shape_text(answer, body["max_tokens"], stops, room), uses
 
 
 def messages(call: Call, cache: PromptCache) -> Reply:
@@ -165,7 +165,7 @@ def messages(call: Call, cache: PromptCache) -> Reply:
     prompt = parse(call.body, call.json_error, need_max_tokens=True)
     faults = call.resolve_faults(prompt.user_text)
     points = breakpoints(prompt)
-    output, uses = _answer(prompt, faults)
+    output, uses = _answer(prompt, faults, call.answer_chars)
     cached: CacheUsage = cache.lookup(points)
     if faults.error() is None:
         cache.store(points)

@@ -58,9 +58,12 @@ class MockState:
     the models it no longer serves (`retired`: a request naming one is answered 404 as the real
     provider answers a retired model, `retired_error` — test state, set directly)."""
 
-    def __init__(self, latency_ms: float, history: int, api_key: str | None = None) -> None:
+    def __init__(
+        self, latency_ms: float, history: int, api_key: str | None = None, answer_chars: int | None = None
+    ) -> None:
         self.latency_ms = latency_ms
         self.api_key = api_key
+        self.answer_chars = answer_chars
         self.retired: set[str] = set()
         self.log = RequestLog(history)
         self.prompt_cache = PromptCache()
@@ -85,6 +88,7 @@ class Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = await Call.receive(scope, receive)
+        call.answer_chars = self.state.answer_chars
         self.state.log.record(call)
         wire = self.wire if isinstance(self.wire, Wire) else self.wire(call)
         rid = self.state.request_id()
@@ -168,7 +172,8 @@ def _not_found(state: MockState) -> Endpoint:
 
 
 def create_mock_app(
-    latency_ms: float = 0.0, *, history: int = 256, api_key: str | None = None, inspect: bool = True
+    latency_ms: float = 0.0, *, history: int = 256, api_key: str | None = None, inspect: bool = True,
+    answer_chars: int | None = None,
 ) -> ASGIApp:
     """The mock upstream ASGI app; `latency_ms` delays every response before its first byte.
 
@@ -176,12 +181,14 @@ def create_mock_app(
     The app's `state.mock` is its `MockState` (`state.mock.log` is the last `history` requests).
     `inspect`: serve the `/__mock/*` routes (the request history, controls) — for tests; the mock
     `sentinel serve` embeds has none and keeps no history (it would hold every user's prompts).
+    `answer_chars`: the most characters of echoed answer one request gets, all its choices together
+    (None: the whole prompt each; the embedded mock's is `text.EMBEDDED_ANSWER_CHARS`).
     """
     if latency_ms < 0:
         raise ValueError("latency_ms must be >= 0")
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must be non-empty when given")
-    state = MockState(latency_ms, history, api_key)
+    state = MockState(latency_ms, history, api_key, answer_chars)
     routes = [
         Route(
             "/v1/chat/completions", Endpoint(state, openai_wire.chat_completions, OPENAI), methods=["POST"]

@@ -58,6 +58,9 @@ class Call:
     json_error: str | None = None
     faults: Faults = field(default_factory=Faults)
     knob_error: WireError | None = None
+    # The most characters of answer the request may get, all its choices together (None: any): the
+    # embedded mock's bound (`text.EMBEDDED_ANSWER_CHARS`), set by its endpoint.
+    answer_chars: int | None = None
     _knobs: tuple[dict[str, str], dict[str, str]] = ({}, {})
 
     @classmethod

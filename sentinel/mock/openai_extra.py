@@ -27,7 +27,7 @@ from sentinel.mock.openai_wire import (
     require_model,
     usage_block,
 )
-from sentinel.mock.text import count_tokens, echo_text, new_id, shape_text, stop_list
+from sentinel.mock.text import count_tokens, echo_text, new_id, shape_text, share, stop_list
 from sentinel.native.openai_checks import MAX_EMBEDDING_INPUTS
 
 DIMENSIONS = {"text-embedding-3-large": 3072, "text-embedding-3-small": 1536, "text-embedding-ada-002": 1536}
@@ -177,7 +177,7 @@ def completions(call: Call) -> Reply:
     faults = call.resolve_faults(texts[-1])
     limit = max_tokens_of(body, "max_tokens", default=16)
     stops = stop_list(body.get("stop"))
-    outputs = [shape_text(echo_text(t), limit, stops) for t in texts]
+    outputs = [shape_text(echo_text(t), limit, stops, room=share(call.answer_chars, len(texts))) for t in texts]
     prompt_count = sum(count_tokens(p) if isinstance(p, str) else len(p) for p in prompts)
     suffix = body.get("suffix")
     if isinstance(suffix, str):  # each prompt is completed on its own, before the suffix: read once a prompt

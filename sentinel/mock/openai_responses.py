@@ -139,7 +139,7 @@ def responses(call: Call, keep: Callable[[dict[str, Any], list[dict[str, Any]]],
         answer = REFUSAL
     else:
         answer = structured_text(format_.get("type"), format_.get("schema"), answer) or answer
-    output = shape_text(answer, limit)
+    output = shape_text(answer, limit, room=call.answer_chars)
     prompt = prompt_tokens(texts, body.get("tools"))
     completion = sum(tool_output_tokens(c["name"], c["arguments"]) for c in calls) if calls else output.tokens
     usage = (

@@ -4,7 +4,7 @@ Shapes follow the real API: non-stream ``chat.completion`` objects with usage de
 streams of ``chat.completion.chunk`` objects (role first, one word per content delta, a finish
 chunk, an optional usage-only chunk when ``stream_options.include_usage``, then ``[DONE]``).
 Tool calls stream as ``delta.tool_calls`` fragments: index/id/type/name first, then arguments.
-``n`` (1..128) repeats the answer per choice; ``logprobs``/``top_logprobs`` follow
+``n`` (1..128) repeats the answer per choice (each its share of ``call.answer_chars``, when set); ``logprobs``/``top_logprobs`` follow
 `sentinel.mock.logprobs`; ``stream_options`` without ``stream`` is the real API's 400. After a run
 of ``tool`` messages (parallel calls) the answer is ``Result: <their texts joined by " | ">``.
 ``response_format`` ``json_schema`` / ``json_object`` is answered as JSON text (`text.structured_text`);
@@ -35,6 +35,7 @@ from sentinel.mock.text import (
     prompt_tokens,
     result_text,
     shape_text,
+    share,
     stop_list,
     structured_text,
     tool_output_tokens,
@@ -297,7 +298,7 @@ def chat_completions(call: Call) -> Reply:
         answer = REFUSAL
     elif structured is not None and not calls:
         answer = structured_text(*structured, answer) or answer
-    output = shape_text(answer, limit, stop_list(body.get("stop")))
+    output = shape_text(answer, limit, stop_list(body.get("stop")), room=share(call.answer_chars, n))
     prompt = prompt_tokens(texts, body.get("tools"))
     completion = sum(tool_output_tokens(*c) for c in calls) if calls else output.tokens
     usage = None if faults.no_usage else usage_block(prompt, completion * n)

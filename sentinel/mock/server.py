@@ -16,14 +16,15 @@ import uvicorn
 
 from sentinel.mock.app import create_mock_app
 from sentinel.mock.asgi import install_cut_log_filter
+from sentinel.mock.text import EMBEDDED_ANSWER_CHARS
 
 
 def _config(
     host: str, port: int, latency_ms: float, log_level: str, api_key: str | None, *, embedded: bool = False
 ) -> uvicorn.Config:
     install_cut_log_filter()
-    app = (create_mock_app(latency_ms, api_key=api_key, history=0, inspect=False) if embedded
-           else create_mock_app(latency_ms, api_key=api_key))
+    app = (create_mock_app(latency_ms, api_key=api_key, history=0, inspect=False, answer_chars=EMBEDDED_ANSWER_CHARS)
+           if embedded else create_mock_app(latency_ms, api_key=api_key))
     return uvicorn.Config(
         app,
         host=host,
@@ -66,7 +67,8 @@ def start_mock_in_thread(
     """Start the mock in a daemon thread on `port` (0: a free port chosen by the OS).
 
     `api_key`: when set, the only key the mock accepts (see `create_mock_app`). `embedded`: the
-    mock `sentinel serve` runs, without history or `/__mock/*` routes (every user's prompts pass it).
+    mock `sentinel serve` runs, without history or `/__mock/*` routes (every user's prompts pass it),
+    its answers to a request at most `EMBEDDED_ANSWER_CHARS` characters.
 
     Returns ``(root_url, stop)``: root_url is ``http://HOST:PORT`` (OpenAI base = root_url + "/v1");
     ``stop()`` shuts the server down and joins the thread (idempotent).

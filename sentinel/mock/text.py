@@ -9,6 +9,9 @@ Rules (shared by every wire format):
   delta (the leading whitespace travels with the word, so joined deltas equal the full text).
 * A stop sequence cuts the text just before its first occurrence (finish ``stop`` /
   ``stop_sequence``), unless ``max_tokens`` cuts earlier.
+* The embedded mock's answers to one request are at most `EMBEDDED_ANSWER_CHARS` characters, all its
+  choices (or prompts) together: each is cut to its share as ``max_tokens`` cuts (finish ``length`` /
+  ``max_tokens``). The test mock and ``sentinel mock`` echo the whole prompt.
 * Input tokens are ``ceil(chars / 4)`` of each message text plus 3 per message and 3 for the
   reply primer; tool definitions count ``ceil(len(json) / 4)``.
 * A tool call's output tokens are ``ceil(len(name + arguments) / 4)``.
@@ -36,6 +39,10 @@ MESSAGE_OVERHEAD = 3
 # What OpenAI's models answer as a refusal (a structured output's too).
 REFUSAL = "I'm sorry, but I can't assist with that request."
 REPLY_PRIMER = 3
+# The most characters the embedded mock's answers to one request hold, all its choices (`n`) or prompts
+# together: an echo of the whole prompt, uncapped, made a 2 MB prompt with `n: 128` a 256 MB answer
+# (and 51 million output tokens) built in the embedded default's process, the gateway's own.
+EMBEDDED_ANSWER_CHARS = 16_384
 
 
 def count_tokens(text: str) -> int:
@@ -84,8 +91,18 @@ class TextOutput:
         return len(self.pieces)
 
 
-def shape_text(text: str, max_tokens: int | None, stops: Sequence[str] = ()) -> TextOutput:
-    """Apply stop sequences and the ``max_tokens`` word budget to an answer."""
+def share(answer_chars: int | None, copies: int) -> int | None:
+    """The characters each of `copies` answers to one request (its `n`, its prompts) may hold, of the
+    `answer_chars` they may hold together (None: any)."""
+    return None if answer_chars is None else answer_chars // max(copies, 1)
+
+
+def shape_text(text: str, max_tokens: int | None, stops: Sequence[str] = (), room: int | None = None) -> TextOutput:
+    """Apply stop sequences and the ``max_tokens`` word budget to an answer, first cut to `room`
+    characters when given (finish ``length``, as ``max_tokens`` cuts)."""
+    clipped = room is not None and len(text) > room
+    if clipped:
+        text = text[:room]
     matched: str | None = None
     cut = len(text)
     for stop in stops:
@@ -99,7 +116,7 @@ def shape_text(text: str, max_tokens: int | None, stops: Sequence[str] = ()) -> 
         return TextOutput("".join(pieces), pieces, "length")
     if matched is not None:
         return TextOutput(text[:cut], pieces, "stop_sequence", matched)
-    return TextOutput(text, pieces, "stop")
+    return TextOutput(text, pieces, "length" if clipped else "stop")
 
 
 def stop_list(value: Any) -> list[str]:

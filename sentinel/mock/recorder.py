@@ -19,14 +19,18 @@ from sentinel.mock.asgi import Call
 
 
 class RequestLog:
-    """The last `maxlen` requests (oldest dropped first)."""
+    """The last `maxlen` requests (oldest dropped first), and how many were `received` in all."""
 
     def __init__(self, maxlen: int = 256) -> None:
         self._calls: deque[Call] = deque(maxlen=maxlen)
+        # Every request since start (`clear` too leaves it): a test that counts the requests its
+        # own calls made reads this, not the history, which stops growing once full.
+        self.received = 0
 
     def record(self, call: Call) -> None:
         """Remember one request (the Call object is kept as is; rendering happens on read)."""
         self._calls.append(call)
+        self.received += 1
 
     def last(self, path: str | None = None) -> dict[str, Any] | None:
         """The most recent request, or the most recent one to `path`; None if there is none."""
@@ -67,7 +71,7 @@ def control_routes(log: RequestLog) -> list[Route]:
         return _json({"data": log.all(request.query_params.get("path"))})
 
     async def health(request: Request) -> Response:
-        return _json({"status": "ok", "recorded": len(log)})
+        return _json({"status": "ok", "recorded": len(log), "received": log.received})
 
     return [
         Route("/__mock/last_request", last_request, methods=["GET"]),

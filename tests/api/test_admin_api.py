@@ -530,6 +530,18 @@ def test_the_usage_csv_quotes_a_cell_holding_a_line_break(gateway_factory: Calla
     assert '"alice\r=1+1",' in csv_text, csv_text  # quoted whole: the CR stays inside its cell
 
 
+def _chat_as_each(gw: Gateway, secret: str, external_ids: list[str]) -> None:
+    """One chat each, as each of `external_ids` (an HS256 JWT signed with `secret` vouching for it)."""
+    import jwt
+
+    for external_id in external_ids:
+        token = jwt.encode({"sub": "u", "externalId": external_id, "exp": int(time.time()) + 600}, secret,
+                           algorithm="HS256")
+        answer = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, json=CHAT,
+                            timeout=30)
+        assert answer.status_code == 200, answer.text
+
+
 def test_an_external_id_holding_another_separator_stays_one_cell_of_text(
     gateway_factory: Callable[..., Gateway],
 ) -> None:
@@ -539,17 +551,10 @@ def test_an_external_id_holding_another_separator_stays_one_cell_of_text(
     import csv
     import io
 
-    import jwt
-
     secret = "a-test-secret-that-is-long-enough-for-hs256"
     gw = gateway_factory(admin_key=ADMIN_KEY, jwt_secret=secret, usage_flush_interval_seconds=0.1)
     ids = ["alice;=1+1", "bob;@SUM(1)", "carol|+1", "dave;-1"]
-    for external_id in ids:
-        token = jwt.encode({"sub": "u", "externalId": external_id, "exp": int(time.time()) + 600}, secret,
-                           algorithm="HS256")
-        answer = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, json=CHAT,
-                            timeout=30)
-        assert answer.status_code == 200, answer.text
+    _chat_as_each(gw, secret, ids)
     with gw.admin() as http:
         assert wait_for(lambda: all(i.split(";")[0] in http.get("/admin/api/usage.csv").text for i in ids))
         text = http.get("/admin/api/usage.csv").text
@@ -575,17 +580,10 @@ def test_a_formula_after_whitespace_or_in_a_fullwidth_sign_is_text_in_the_usage_
     import io
     import unicodedata
 
-    import jwt
-
     secret = "a-test-secret-that-is-long-enough-for-hs256"
     gw = gateway_factory(admin_key=ADMIN_KEY, jwt_secret=secret, usage_flush_interval_seconds=0.1)
     ids = [" =1+1", "\uff1d1+1", "  \uff0bSUM(1)", "\uff20A1", "\uff0d1", "\u22121", "\ufe661"]
-    for external_id in ids:
-        token = jwt.encode({"sub": "u", "externalId": external_id, "exp": int(time.time()) + 600}, secret,
-                           algorithm="HS256")
-        answer = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, json=CHAT,
-                            timeout=30)
-        assert answer.status_code == 200, answer.text
+    _chat_as_each(gw, secret, ids)
     models = {"\uff1d1+1": "x; =1+1", "\uff20A1": "x|\uff0b1", "\uff0d1": "\uff1dx"}  # as a provider may report
     with gw.admin() as http:
         assert wait_for(lambda: http.get("/admin/api/usage.csv").text.count("\r\n") == len(ids) + 1)

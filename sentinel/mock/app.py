@@ -30,6 +30,7 @@ from sentinel.mock.faults import WireError
 from sentinel.mock.openai_fine_tuning import FineTuning
 from sentinel.mock.openai_objects import ObjectStore
 from sentinel.mock.openai_runs import RunStore
+from sentinel.mock.openai_uploads import Uploads
 from sentinel.mock.prompt_cache import PromptCache
 from sentinel.mock.recorder import RequestLog, control_routes
 
@@ -70,6 +71,7 @@ class MockState:
         self.objects = ObjectStore()
         self.runs = RunStore()  # evals and threads, their runs
         self.fine_tuning = FineTuning(self.objects)  # jobs, the models they made, those models' permissions
+        self.uploads = Uploads(self.objects)  # files sent in parts (test state: its `clock` may be set)
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -139,6 +141,17 @@ def _fine_tuning_routes(state: MockState) -> list[Route]:
               methods=["GET", "POST"]),
         Route("/v1/fine_tuning/checkpoints/{model}/permissions/{permission_id}",
               Endpoint(state, tuning.permission, OPENAI), methods=["DELETE"]),
+    ]
+
+
+def _upload_routes(state: MockState) -> list[Route]:
+    """The Uploads API: a file sent in parts, assembled into a file of `/v1/files` (`openai_uploads`)."""
+    uploads = state.uploads
+    return [
+        Route("/v1/uploads", Endpoint(state, uploads.create, OPENAI), methods=["POST"]),
+        Route("/v1/uploads/{upload_id}/parts", Endpoint(state, uploads.part, OPENAI), methods=["POST"]),
+        Route("/v1/uploads/{upload_id}/complete", Endpoint(state, uploads.complete, OPENAI), methods=["POST"]),
+        Route("/v1/uploads/{upload_id}/cancel", Endpoint(state, uploads.cancel, OPENAI), methods=["POST"]),
     ]
 
 
@@ -223,6 +236,7 @@ def create_mock_app(
         ),
         Route("/v1/moderations", Endpoint(state, openai_objects.moderations, OPENAI), methods=["POST"]),
         *_fine_tuning_routes(state),
+        *_upload_routes(state),
         Route("/v1/models", Endpoint(state, openai_extra.list_models, _models_wire), methods=["GET"]),
         Route(
             "/v1/models/{model_id:path}",

@@ -287,6 +287,20 @@ def _multipart(call: Call) -> tuple[str, bytes, str]:
     return filename, content, purpose
 
 
+def form_part(call: Call, name: str) -> bytes | None:
+    """The value of the multipart/form-data part `name` (a file's bytes or a field's), the first of
+    that name; None when there is none (small and well-formed uploads only)."""
+    kind = call.headers.get("content-type", "")
+    if "boundary=" not in kind:
+        return None
+    boundary = kind.split("boundary=", 1)[1].strip('"').encode()
+    for part in call.raw.split(b"--" + boundary):
+        head, _, data = part.partition(b"\r\n\r\n")
+        if b' name="' + name.encode() + b'"' in head:
+            return data.removesuffix(b"\r\n")
+    return None
+
+
 def _form_fields(call: Call) -> dict[str, str]:
     """The text fields of a multipart/form-data upload (small and well-formed only): the first of each name."""
     kind = call.headers.get("content-type", "")

@@ -125,8 +125,5 @@ class FineTuning:
 
     def _result_file(self, job: dict[str, Any]) -> str:
         content = b"step,train_loss,train_accuracy\n" + b"".join(b"%d,0.5,0.9\n" % s for s in CHECKPOINT_STEPS)
-        file_id = new_id("file-")
-        meta = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                "filename": "step_metrics.csv", "purpose": "fine-tune-results", "status": "processed"}
-        _keep(self.objects.files, file_id, (meta, content), self.objects.limit)
+        file_id: str = self.objects.new_file(content, "step_metrics.csv", "fine-tune-results")["id"]
         return file_id

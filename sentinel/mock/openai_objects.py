@@ -25,14 +25,20 @@ from sentinel.mock.openai_wire import json_object
 from sentinel.mock.text import new_id
 
 MAX_OBJECTS = 1000  # of each kind: the oldest is forgotten first (a long-running mock keeps no more)
+# The most bytes the files hold together, the oldest forgotten first: the embedded mock runs in the
+# gateway's process, and 1,000 files of a 10 MiB body each grew it by ~10 GB.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 class ObjectStore:
-    """The account's objects, in memory: at most `limit` files and `limit` stored responses."""
+    """The account's objects, in memory: at most `limit` files (`file_bytes` bytes of them in all)
+    and `limit` stored responses."""
 
-    def __init__(self, limit: int = MAX_OBJECTS) -> None:
+    def __init__(self, limit: int = MAX_OBJECTS, file_bytes: int = MAX_FILE_BYTES) -> None:
         self.limit = limit
+        self.file_bytes = file_bytes
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self._held_bytes = 0  # (of `files`' contents)
         self.responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.videos: dict[str, dict[str, Any]] = {}
@@ -118,13 +124,24 @@ class ObjectStore:
         if call.method == "GET":
             return JSONReply({"object": "list", "data": [meta for meta, _ in self.files.values()], "has_more": False})
         filename, content, purpose = _multipart(call)
-        file_id = new_id("file-")
+        return JSONReply(self.new_file(content, filename, purpose))
+
+    def new_file(self, content: bytes, filename: str, purpose: str, created_at: float | None = None) -> dict[str, Any]:
+        """A file of `/v1/files` holding `content` (uploaded, a batch's output, an upload's parts
+        assembled…): its object. The oldest files are forgotten past `limit` of them or `file_bytes`."""
         meta: dict[str, Any] = {
-            "id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+            "id": new_id("file-"), "object": "file", "bytes": len(content),
+            "created_at": int(time.time() if created_at is None else created_at),
             "filename": filename, "purpose": purpose, "status": "processed",
         }
-        _keep(self.files, file_id, (meta, content), self.limit)
-        return JSONReply(meta)
+        self.files[meta["id"]] = (meta, content)
+        self._held_bytes += len(content)
+        while len(self.files) > 1 and (len(self.files) > self.limit or self._held_bytes > self.file_bytes):
+            self._forget_file(next(iter(self.files)))
+        return meta
+
+    def _forget_file(self, file_id: str) -> None:
+        self._held_bytes -= len(self.files.pop(file_id)[1])
 
     def file(self, call: Call) -> Reply:
         file_id = call.path_params["file_id"]
@@ -132,7 +149,7 @@ class ObjectStore:
         if file_id not in self.files:
             raise WireError(404, f"No such File object: {file_id}", code="not_found")
         if call.method == "DELETE":
-            del self.files[file_id]
+            self._forget_file(file_id)
             return JSONReply({"id": file_id, "object": "file", "deleted": True})
         return JSONReply(self.files[file_id][0])
 
@@ -250,10 +267,7 @@ class ObjectStore:
                 "usage": {"prompt_tokens": tokens, "completion_tokens": 5, "total_tokens": tokens + 5}}},
         }) for line, tokens in zip(lines, spent, strict=True)]
         content = b"\n".join(results) + b"\n"
-        file_id = new_id("file-")
-        meta = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                "filename": f"{batch['id']}_output.jsonl", "purpose": "batch_output", "status": "processed"}
-        _keep(self.files, file_id, (meta, content), self.limit)
+        file_id: str = self.new_file(content, f"{batch['id']}_output.jsonl", "batch_output")["id"]
         return file_id
 
 
@@ -268,16 +282,26 @@ def moderations(call: Call) -> Reply:
                       "results": [result] * count})
 
 
-def _multipart(call: Call) -> tuple[str, bytes, str]:
-    """(filename, content, purpose) of a multipart/form-data upload (small and well-formed only)."""
+def _form_parts(call: Call) -> list[tuple[bytes, bytes]]:
+    """(head, data) of each part of a multipart/form-data body (small and well-formed only); [] when
+    it names no boundary."""
     kind = call.headers.get("content-type", "")
     if "boundary=" not in kind:
-        raise WireError(400, "Expected multipart/form-data with a file and a purpose", param="file")
+        return []
     boundary = kind.split("boundary=", 1)[1].strip('"').encode()
-    filename, content, purpose = "upload", b"", "user_data"
+    parts = []
     for part in call.raw.split(b"--" + boundary):
         head, _, data = part.partition(b"\r\n\r\n")
-        data = data.removesuffix(b"\r\n")
+        parts.append((head, data.removesuffix(b"\r\n")))
+    return parts
+
+
+def _multipart(call: Call) -> tuple[str, bytes, str]:
+    """(filename, content, purpose) of a multipart/form-data upload (small and well-formed only)."""
+    if "boundary=" not in call.headers.get("content-type", ""):
+        raise WireError(400, "Expected multipart/form-data with a file and a purpose", param="file")
+    filename, content, purpose = "upload", b"", "user_data"
+    for head, data in _form_parts(call):
         if b'name="file"' in head:
             content = data
             if b'filename="' in head:
@@ -290,28 +314,18 @@ def _multipart(call: Call) -> tuple[str, bytes, str]:
 def form_part(call: Call, name: str) -> bytes | None:
     """The value of the multipart/form-data part `name` (a file's bytes or a field's), the first of
     that name; None when there is none (small and well-formed uploads only)."""
-    kind = call.headers.get("content-type", "")
-    if "boundary=" not in kind:
-        return None
-    boundary = kind.split("boundary=", 1)[1].strip('"').encode()
-    for part in call.raw.split(b"--" + boundary):
-        head, _, data = part.partition(b"\r\n\r\n")
-        if b' name="' + name.encode() + b'"' in head:
-            return data.removesuffix(b"\r\n")
-    return None
+    wanted = b' name="' + name.encode() + b'"'
+    return next((data for head, data in _form_parts(call) if wanted in head), None)
 
 
 def _form_fields(call: Call) -> dict[str, str]:
     """The text fields of a multipart/form-data upload (small and well-formed only): the first of each name."""
-    kind = call.headers.get("content-type", "")
-    boundary = kind.split("boundary=", 1)[1].strip('"').encode() if "boundary=" in kind else b"--"
     fields: dict[str, str] = {}
-    for part in call.raw.split(b"--" + boundary):
-        head, _, data = part.partition(b"\r\n\r\n")
+    for head, data in _form_parts(call):
         if b'name="' not in head or b'filename="' in head:
             continue
         name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode("utf-8", "replace")
-        fields.setdefault(name, data.removesuffix(b"\r\n").decode("utf-8", "replace"))
+        fields.setdefault(name, data.decode("utf-8", "replace"))
     return fields
 
 

@@ -94,9 +94,7 @@ class Uploads:
         md5 = body.get("md5")
         if md5 is not None and md5 != hashlib.md5(content, usedforsecurity=False).hexdigest():
             raise WireError(400, "The MD5 checksum given does not match the parts' bytes.", param="md5")
-        file = {"id": new_id("file-"), "object": "file", "bytes": len(content), "created_at": int(self.clock()),
-                "filename": upload["filename"], "purpose": upload["purpose"], "status": "processed"}
-        _keep(self.objects.files, file["id"], (file, content), self.objects.limit)
+        file = self.objects.new_file(content, upload["filename"], upload["purpose"], created_at=self.clock())
         upload["status"], upload["file"] = "completed", file
         parts.clear()  # (the file holds the bytes now)
         return JSONReply(upload)

@@ -84,3 +84,26 @@ def test_what_it_holds_is_bounded(mock: tuple[openai.OpenAI, object]) -> None:
     for _ in range(uploads.limit):
         client.uploads.create(bytes=1, **MADE)
     assert len(uploads.uploads) == uploads.limit and upload.id not in uploads.uploads  # the oldest forgotten
+
+
+def test_the_files_hold_at_most_their_bytes_in_all_the_oldest_forgotten_first(
+    mock: tuple[openai.OpenAI, object],
+) -> None:
+    """Files uploaded, made by a batch or assembled from parts count towards one byte bound (the
+    embedded mock runs in the gateway's process: 1,000 files of 10 MiB each were ~10 GB); a deleted
+    file's bytes no longer count."""
+    client, state = mock
+    state.objects.file_bytes = 25  # type: ignore[attr-defined]
+    first = client.files.create(file=("a.jsonl", b"x" * 10), purpose="batch")
+    second = client.files.create(file=("b.jsonl", b"y" * 10), purpose="batch")
+    client.files.delete(second.id)
+    third = client.files.create(file=("c.jsonl", b"z" * 10), purpose="batch")
+    assert {f.id for f in client.files.list()} == {first.id, third.id}  # 20 bytes: both kept
+    upload = client.uploads.create(bytes=10, **MADE)
+    part = client.uploads.parts.create(upload.id, data=b"w" * 10)
+    assembled = client.uploads.complete(upload.id, part_ids=[part.id]).file
+    assert assembled is not None
+    assert {f.id for f in client.files.list()} == {third.id, assembled.id}  # 30 > 25: the oldest went
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(first.id)
+    assert client.files.content(third.id).content == b"z" * 10

@@ -32,6 +32,19 @@ def _blocks(param: str, content: Any) -> None:
             _blocks(f"{param}.{j}.content", block["content"])
 
 
+def check_metadata(metadata: Any) -> None:
+    """Raise NativeValidationError unless `metadata` is absent or an object whose only key is `user_id`:
+    Anthropic's Messages API refuses any other key (a 400 after Sentinel admitted the request, relayed),
+    and none can be carried to another wire format. `user_id`'s value is never sent (the provider is
+    told Sentinel's pseudonym of the caller: `sentinel.native.end_user`)."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise invalid("metadata", "must be an object")
+    if metadata.keys() - {"user_id"}:
+        raise invalid("metadata", "only metadata.user_id is accepted (the Messages API takes no other key)")
+
+
 def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) -> None:
     """Raise NativeValidationError (with `param`) when a metered field of a `/v1/messages` body (or, with
     `count_only`, a `/v1/messages/count_tokens` body, which has no `max_tokens`) has the wrong type."""
@@ -61,9 +74,10 @@ def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) 
         raise invalid("tools", "must be an array of tool objects")
     if payload.get("mcp_servers") is not None and not _objects(payload["mcp_servers"]):  # (each one reserved)
         raise invalid("mcp_servers", "must be an array of MCP server objects")
-    for key in ("tool_choice", "metadata", "thinking"):
+    for key in ("tool_choice", "thinking"):
         if payload.get(key) is not None and not isinstance(payload[key], dict):
             raise invalid(key, "must be an object")
+    check_metadata(payload.get("metadata"))
     stops = payload.get("stop_sequences")
     if stops is not None and not (isinstance(stops, list) and len(stops) <= MAX_MESSAGES_STOP_SEQUENCES
                                   and all(isinstance(s, str) for s in stops)):

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sentinel.native.anthropic_checks import check_metadata
 from sentinel.native.errors import NativeValidationError, invalid
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.responses import CacheTokens, FinishReason, ProviderReply, Usage
@@ -77,7 +78,7 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only
         out["tools"] = _tools(payload["tools"], target)
     if payload.get("tool_choice") is not None:
         _tool_choice(payload["tool_choice"], out)
-    _metadata(payload.get("metadata"))
+    check_metadata(payload.get("metadata"))
     schema = _output_schema(payload.get("output_config"), payload.get("output_format"), target)
     if schema is not None:
         out["output_schema"] = schema
@@ -159,15 +160,6 @@ def _output_schema(config: Any, beta: Any, target: str) -> dict[str, Any] | None
     title = schema.get("title")
     name = title if isinstance(title, str) and _NAME.fullmatch(title) else "output"
     return {"json_schema": schema, "name": name, "strict": True}
-
-
-def _metadata(metadata: Any) -> None:
-    """`metadata` checked: only `user_id` is known. Its value is not carried (the end user the provider
-    is told is Sentinel's pseudonym of the caller)."""
-    if metadata is None:
-        return
-    if not isinstance(metadata, dict) or set(metadata) - {"user_id"}:
-        raise invalid("metadata", "only metadata.user_id is known")
 
 
 def _system(system: Any, origins: list[dict[str, str]]) -> list[dict[str, Any]]:

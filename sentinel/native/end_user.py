@@ -18,7 +18,8 @@ providers file's `end_user_field`, else one read from its base URL):
   `Unsupported parameter: user`) — and an end-user field the client sent is replaced, never passed on.
 - `none` (opted in): the client's end-user fields are taken out, none added.
 
-Anthropic's: `metadata.user_id` is set (any other `metadata` key is left as the client wrote it).
+Anthropic's: `metadata.user_id` is set (no other `metadata` key gets here: Anthropic refuses any,
+and so does Sentinel first, `anthropic_checks.check_metadata`).
 `/v1/messages/count_tokens` takes no `metadata`: none is added, and a `metadata.user_id` the client
 wrote is replaced, as a pass-through body's end-user field is (below).
 

@@ -394,6 +394,33 @@ def test_server_side_fallback_models_are_refused(gateway_factory: Callable[..., 
         assert spy.paths() == ["/v1/messages"]
 
 
+def test_metadata_keys_other_than_user_id_are_refused(gateway_factory: Callable[..., Gateway]) -> None:
+    """Anthropic's `metadata` takes `user_id` alone. Relayed, another key went to Anthropic as written
+    and was its 400 after Sentinel had admitted the request (translated it was already Sentinel's
+    400): 400 in Anthropic's shape, relayed or translated, created or counted, before anything is
+    reserved, sent or charged; `user_id` alone goes through."""
+    from sentinel.mock.app import create_mock_app
+    from tests.support.attack import recorded_ids, spying
+
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(anthropic_api_url=spy.url, openai_api_url=spy.url + "/v1")
+        claude = gw.anthropic()
+        for model in (HAIKU, "gpt-4o-mini"):
+            for metadata in ({"user_id": "u1", "session_id": "s"}, {"trace": "t"}, []):
+                for send, extra in ((claude.messages.create, {"max_tokens": 5}),
+                                    (claude.messages.count_tokens, {})):
+                    with pytest.raises(anthropic.BadRequestError, match="metadata") as caught:
+                        send(model=model, messages=user("hi"), extra_body={"metadata": metadata}, **extra)
+                    error = orjson.loads(caught.value.response.content)
+                    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error", error
+        assert spy.seen == []
+        assert recorded_ids(gw.settings.database_url) == set()
+        served = claude.messages.with_raw_response.create(model=HAIKU, max_tokens=5, messages=user("hi"),
+                                                          metadata={"user_id": "u1"})
+        assert int(served.headers["x-ratelimit-limit"]) - int(served.headers["x-ratelimit-remaining"]) == 1
+        assert spy.paths() == ["/v1/messages"]
+
+
 COMPACT = {"context_management": {"edits": [{"type": "compact_20260112",
                                              "trigger": {"type": "input_tokens", "value": 1000}}]}}
 

@@ -41,11 +41,12 @@ WINDOW_HINT = f"a duration such as 90s, 1m, 1h, 1d, 30d or 2w, at most {format_w
 
 @dataclass(frozen=True)
 class LimitInput:
-    """One limit as typed by an operator: `limit` and `window` as text or numbers."""
+    """One limit as typed by an operator: `limit` and `window` as text or numbers (a JSON number with a
+    fraction or an exponent, or past 64 bits, `10**30`, is a float: checked, and refused, as the number)."""
 
     metric: str
-    limit: str | int
-    window: str | int
+    limit: str | int | float
+    window: str | int | float
 
 
 MAX_ITEMS = MAX_PLAN_LIMITS  # limits in a plan, candidates in a tier: on every surface (API, console, CLI)
@@ -101,7 +102,9 @@ def check_limits(items: Iterable[LimitInput]) -> list[Limit]:
         if amount is None or not 0 <= amount <= MAX_LIMIT:
             errors[f"{here}.limit"] = f"a whole number from 0 to {MAX_LIMIT:,}"
         try:
-            window = check_window(item.window) if isinstance(item.window, int) else parse_window(str(item.window))
+            if isinstance(item.window, float):  # no whole number of seconds (a fraction, or past 64 bits)
+                raise ValueError(item.window)
+            window = parse_window(item.window) if isinstance(item.window, str) else check_window(item.window)
         except ValueError:
             errors[f"{here}.window"] = WINDOW_HINT
             continue
@@ -130,10 +133,11 @@ def limit_inputs(raw: Any) -> list[LimitInput]:
             raise refuse({f"limits.{i}": "an object {metric, limit, window}"})
         if unknown := [name for name in item if name not in LIMIT_FIELDS]:  # `window_seconds` beside `window`
             raise refuse({f"limits.{i}.{unknown[0]}": f"unknown field: a limit is {{{', '.join(LIMIT_FIELDS)}}}"})
-        values = [item.get(name, "") for name in LIMIT_FIELDS]
-        if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
-            raise refuse({f"limits.{i}": "metric is text; limit and window are text or whole numbers"})
-        out.append(LimitInput(str(values[0]), values[1], values[2]))
+        metric, limit, window = (item.get(name, "") for name in LIMIT_FIELDS)
+        if not isinstance(metric, str) or not all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                                                  for v in (limit, window)):
+            raise refuse({f"limits.{i}": "metric is text; limit and window are text or numbers"})
+        out.append(LimitInput(metric, limit, window))
     return out
 
 
@@ -229,8 +233,8 @@ def check_tier_entries(lines: Iterable[str]) -> list[TierModelEntry]:
     return entries
 
 
-def _whole(value: str | int) -> int | None:
-    if isinstance(value, bool):
+def _whole(value: str | int | float) -> int | None:
+    if isinstance(value, bool | float):  # (a float: 10**30 in JSON, or 5.5; the message says the bound)
         return None
     if isinstance(value, int):
         return value

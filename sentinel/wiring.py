@@ -402,7 +402,8 @@ async def build_runtime(
         require_email=zion_mode, withheld=secret_digests(s, catalog),
         operator_keys=operator_key_digests(s), clock=window_clock,  # the verifier's clock: one `exp` verdict
     )
-    counter = TokenCounter(on_fallback=lambda wanted, used: metrics.tokenizer_fallback.labels(wanted, used).inc())
+    fallbacks = metrics.tokenizer_fallback  # (counts run in worker threads too: inc, never the loop's `add`)
+    counter = TokenCounter(on_fallback=lambda wanted, used: metrics.child(fallbacks, wanted, used).inc())
     await asyncio.to_thread(counter.warm)
     plans = CachedPlans(
         store, governance.plans, ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, local_ttl=local_ttl,

@@ -16,7 +16,9 @@ Llama, ...) are counted with `cl100k_base` and report `wanted="unknown"`.
 
 Text is encoded with `encode_ordinary`: special-token text in user input counts as plain text.
 Encodings are loaded lazily, once per counter (call `warm()` off the event loop at start-up, a load
-takes ~0.5 s); encoding takes no lock, since tiktoken's `Encoding` is thread-safe.
+takes ~0.5 s); encoding takes no lock, since tiktoken's `Encoding` is thread-safe. Which encoding
+counts a model (and whether that is an approximation) is resolved once per model name and remembered
+on the counter (at most MAX_RESOLVED_MODELS): a body of many short texts does not pay it per text.
 
 Counts of input texts of CACHED_MIN_CHARS or more are remembered per user (`InputCounts`, used when
 the caller names a `user`; its lock is held for a dictionary lookup or insert, never while encoding):
@@ -60,6 +62,9 @@ REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 # Role token counts remembered per encoding (a role is client text: only short ones, only so many).
 MAX_REMEMBERED_ROLES = 64
 MAX_REMEMBERED_ROLE_CHARS = 32
+# Models whose encoding (and fallback) a counter remembers: a model name is client text, so when this
+# many are held they are all forgotten (and resolved again, ~5-30 µs each: `encoding_for_model`'s loop).
+MAX_RESOLVED_MODELS = 256
 
 FallbackHook = Callable[[str, str], None]
 EncodingLoader = Callable[[str], tiktoken.Encoding]
@@ -289,6 +294,9 @@ class TokenCounter:
         self.inputs = inputs if inputs is not None else InputCounts()
         # Role names are a handful of short strings: their counts, per encoding, for every request.
         self._roles: dict[str, dict[str, int]] = {}
+        # Per model name: what `_resolve` found (read and written without a lock: a dict's get and
+        # set are atomic, and two threads resolving one model find the same).
+        self._resolved: dict[str, tuple[str, tuple[str, str] | None, Callable[[str], int]]] = {}
 
     def encoding_for_model(self, model: str) -> str:
         """The encoding name used for `model`; unknown models get `cl100k_base` (an approximation)."""
@@ -319,6 +327,21 @@ class TokenCounter:
 
     def _counting(self, model: str, user: str | None = None) -> tuple[str, Callable[[str], int]]:
         """The name of the encoding that counts for `model` (or BYTE_ESTIMATE) and `_encoder`'s function."""
+        resolved = self._resolved.get(model)
+        if resolved is None:
+            resolved = self._resolve(model)
+            if len(self._resolved) >= MAX_RESOLVED_MODELS:
+                self._resolved.clear()
+            self._resolved[model] = resolved
+        used, fallback, count = resolved
+        if fallback is not None and self._on_fallback is not None:
+            self._on_fallback(*fallback)  # on each count (as `count_text`'s) that is an approximation
+        return used, count if user is None else self.inputs.wrap(user, used, count)
+
+    def _resolve(self, model: str) -> tuple[str, tuple[str, str] | None, Callable[[str], int]]:
+        """For `model`: the name of the encoding that counts (or BYTE_ESTIMATE), the (wanted, used)
+        approximation reported on each count (None for none), and the text -> count function. An
+        encoding that fails to load is remembered as failed (`_get`), so this does not go stale."""
         known = encoding_for_model(model)
         wanted = known or CL100K
         encoding = self._get(wanted)
@@ -327,10 +350,9 @@ class TokenCounter:
             encoding, used = self._get(CL100K), CL100K
         if encoding is None:
             used = BYTE_ESTIMATE
-        if self._on_fallback is not None and (known is None or used != wanted):
-            self._on_fallback(wanted if known else UNKNOWN, used)
+        fallback = (wanted if known else UNKNOWN, used) if known is None or used != wanted else None
         if encoding is None:
-            return used, estimate_tokens
+            return used, fallback, estimate_tokens
         encode = encoding.encode_ordinary
 
         def count(text: str) -> int:
@@ -339,7 +361,7 @@ class TokenCounter:
             spend(len(text))  # (on the event loop, a long count goes on in a worker thread)
             return len(encode(text))
 
-        return used, count if user is None else self.inputs.wrap(user, used, count)
+        return used, fallback, count
 
     def count_text(self, text: str, model: str, *, user: str | None = None) -> int:
         """Tokens in plain text (`user`: whose input it is, see `InputCounts`)."""

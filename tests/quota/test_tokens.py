@@ -406,6 +406,33 @@ def test_remembered_roles_are_bounded_and_odd_roles_still_count() -> None:
     assert long_role not in remembered
 
 
+def test_a_models_encoding_is_resolved_once_bounded_and_counts_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`count_text` resolved the model's encoding on every call (~30 µs: a body of 99,000 one-word blocks
+    was seconds of a counting thread): it is remembered per model name, at most MAX_RESOLVED_MODELS of
+    them, and the counts and the fallback reports are what they were."""
+    resolved: list[str] = []
+    real = tokens.encoding_for_model
+    monkeypatch.setattr(tokens, "encoding_for_model", lambda model: resolved.append(model) or real(model))
+    hook = Recorder()
+    counter = TokenCounter(on_fallback=hook)
+    text = "tiktoken is great! 研究者"
+    o200k, cl100k = load_encoding(O200K), load_encoding(CL100K)
+    expected = {"gpt-4o": len(o200k.encode_ordinary(text)), "gpt-4": len(cl100k.encode_ordinary(text)),
+                "claude-3-5-haiku-20241022": len(cl100k.encode_ordinary(text))}  # unknown: cl100k, reported
+    assert expected["gpt-4o"] != expected["gpt-4"]
+    for _ in range(3):
+        for model, count in expected.items():
+            assert counter.count_text(text, model) == count, model
+            assert counter.count_text(text, model, user="alice") == count, model
+    assert resolved == list(expected)  # once each
+    assert hook.calls == [("unknown", CL100K)] * 6  # still reported on every count
+    for i in range(tokens.MAX_RESOLVED_MODELS * 2 + 5):  # a model name is client text
+        assert counter.count_text("word", f"gpt-4o-{i}") == 1
+        assert len(counter._resolved) <= tokens.MAX_RESOLVED_MODELS
+    for model, count in expected.items():  # forgotten, resolved again: the same counts
+        assert counter.count_text(text, model) == count, model
+
+
 def test_a_refusal_part_is_counted_like_text() -> None:
     counter = TokenCounter()
     words = " ".join(f"word{i}" for i in range(300))

@@ -996,3 +996,17 @@ def test_a_window_set_from_the_command_line_is_seeded_from_the_ledger(tmp_path: 
         assert client.get(f"sentinel:quota:{{bob}}:input_tokens:86400:{day}") == b"57"
     finally:
         client.close()
+
+
+def test_a_limit_past_the_largest_is_one_line_naming_the_bound(tmp_path: Path) -> None:
+    """`plans set --limit requests=<5,000 digits>/1d` was Python's own digit-limit message ("Exceeds the
+    limit (4300 digits) for integer string conversion"), and 10**16 "is larger than": now the bound
+    every surface names, a whole number from 0 to 1,000,000,000,000,000, and nothing stored."""
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    for digits in ("9" * 5000, str(10**16)):
+        result = run(["plans", "set", "huge", "--limit", f"requests={digits}/1d"], env)
+        assert result.returncode == 2, (result.returncode, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "a whole number from 0 to 1,000,000,000,000,000" in lines[0], result.stderr
+        assert len(lines[0]) < 300, lines[0]  # (not the 5,000 digits back)
+    assert "huge" not in run(["plans", "list"], env).stdout

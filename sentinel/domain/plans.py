@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast, get_args
 
 from sentinel.domain.identity import Identity
+from sentinel.domain.numbers import parse_whole
 
 Metric = Literal["requests", "input_tokens", "output_tokens"]
 METRICS: tuple[Metric, ...] = get_args(Metric)
@@ -129,9 +130,11 @@ def parse_limit(text: str) -> Limit:
     metric, limit, window = match.groups()
     if metric not in METRICS:
         raise ValueError(f"unknown quota metric {metric!r}; expected one of {', '.join(METRICS)}")
-    if int(limit) > MAX_LIMIT:
-        raise ValueError(f"limit {limit} of {metric} is larger than {MAX_LIMIT:,}")
-    return Limit(cast(Metric, metric), parse_window(window), int(limit))
+    amount = parse_whole(limit.lstrip("0") or "0", MAX_LIMIT)
+    if amount is None:  # (past the bound: shown cut, a 5,000-digit one was Python's int() refusal)
+        shown = limit if len(limit) <= 24 else f"{limit[:20]}… ({len(limit):,} digits)"
+        raise ValueError(f"limit {shown} of {metric}: a whole number from 0 to {MAX_LIMIT:,}")
+    return Limit(cast(Metric, metric), parse_window(window), amount)
 
 
 def parse_limits(text: str) -> list[Limit]:

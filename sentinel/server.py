@@ -208,6 +208,19 @@ def cannot_listen(host: str, port: int, exc: OSError, settings: str | None = Non
     return f"cannot listen on {shown}:{port} ({named}): {reason[:1].lower()}{reason[1:]}"
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn.Config keyword arguments that shape every request as `serve` serves it: X-Forwarded-*
+    trusted only from the proxies the operator names (else the socket's address and scheme), no
+    `Server` header, Sentinel's protocol and keep-alive limit (pair them with `with_connection_limits`).
+    The tests' gateways are served with these too: uvicorn's defaults trust X-Forwarded-* from loopback."""
+    return {
+        "server_header": False,
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+        **uvicorn_protocol_options(settings),
+    }
+
+
 def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicorn.Config:
     return with_connection_limits(uvicorn.Config(
         app,
@@ -218,13 +231,9 @@ def _config(app: Callable[..., Any], settings: Settings, workers: int) -> uvicor
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),  # 0.5 s is not 0
-        server_header=False,
-        # X-Forwarded-* only from the proxies the operator names (else the socket's address and scheme).
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         workers=workers,
         factory=workers > 1,
-        **uvicorn_protocol_options(settings),
+        **uvicorn_options(settings),
     ), settings)
 
 

@@ -22,7 +22,6 @@ from sentinel.db.engine import create_engine, session_factory
 from sentinel.db.models import UsageLedgerRow
 from sentinel.domain.identity import Identity
 from sentinel.domain.usage import Usage, UsageRecord
-from sentinel.protocol import connection_limits, uvicorn_protocol_options
 from sentinel.quota.meter import QuotaMeter
 from tests.support.accounts import create_key
 from tests.support.attack import ledger_rows, recorded_ids
@@ -134,7 +133,7 @@ def test_a_stream_the_server_cancels_is_recorded_before_shutdown_closes_the_ledg
         s = settings(tmp_path).model_copy(update={"openai_api_url": upstream.url + "/v1"})
         _, key = asyncio.run(create_key(s.database_url, "alice"))
         # graceful=0: the server cancels the running requests at once (its deadline passed)
-        server = ServerThread(create_app(s), graceful=0, limits=connection_limits(s), **uvicorn_protocol_options(s))
+        server = ServerThread(create_app(s), graceful=0, settings=s)
         server.start()
         runtime = server.server.config.app.runtime
         assert runtime is not None
@@ -170,7 +169,7 @@ def test_the_access_line_of_a_stream_the_server_cancels_is_written(
         with serving(OpenStream()) as upstream:
             s = settings(tmp_path).model_copy(update={"openai_api_url": upstream.url + "/v1", "access_log": True})
             _, key = asyncio.run(create_key(s.database_url, "alice"))
-            server = ServerThread(create_app(s), graceful=0, limits=connection_limits(s), **uvicorn_protocol_options(s))
+            server = ServerThread(create_app(s), graceful=0, settings=s)
             server.start()
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
             with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client, \

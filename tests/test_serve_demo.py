@@ -29,6 +29,7 @@ def live(port: int) -> bool:
 def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_", "DATABASE_"))}
+    env.pop("SENTINEL_FORWARDED_ALLOW_IPS", None)
     env["SENTINEL_PORT"] = str(port)
     env["SENTINEL_ADMIN_KEY"] = "serve-demo-admin-key-0123"
     proc = subprocess.Popen(
@@ -82,10 +83,26 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
         guessed = httpx.post(mock.group(1) + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
                              headers={"Authorization": "Bearer mock-upstream-key"}, timeout=5)
         assert guessed.status_code == 401, guessed.text
+        forwarded_for_is_the_clients_word(port)
     finally:
         stop(proc)
         reader.join(10)
     assert "MOCK upstream" in "".join(errors)
+
+
+def forwarded_for_is_the_clients_word(port: int) -> None:
+    """With no SENTINEL_FORWARDED_ALLOW_IPS, a client writing a new X-Forwarded-For on each guess is
+    still its socket's address to the failed-authentication throttle (30 a minute by default); and
+    no `Server` header says what serves. The test gateways are served so too (`uvicorn_options`)."""
+    codes = []
+    for i in range(61):  # 31 in one window of a minute, however the windows fall
+        answer = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30, headers={
+            "Authorization": f"Bearer sk-sentinel-made-up-{i}", "X-Forwarded-For": f"198.51.100.{i}"})
+        assert "server" not in answer.headers
+        codes.append(answer.status_code)
+        if answer.status_code == 429:
+            break
+    assert set(codes[:-1]) <= {401} and codes[-1] == 429, codes
 
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

@@ -41,8 +41,7 @@ def test_behind_a_named_proxy_the_client_is_the_rightmost_address_it_did_not_add
         forwarded_allow_ips="127.0.0.1",
     )
     app = create_app(settings)
-    config = _config(app, settings, 1)
-    with serving(app, proxy_headers=config.proxy_headers, forwarded_allow_ips=config.forwarded_allow_ips) as server, \
+    with serving(app, settings=settings) as server, \
             httpx.Client(base_url=server.url, timeout=10) as client:
 
         def guess(forwarded_for: str | None) -> int:

@@ -17,7 +17,6 @@ import redis
 from sentinel.app import create_app
 from sentinel.config import Settings
 from sentinel.mock.app import create_mock_app
-from sentinel.protocol import connection_limits, uvicorn_protocol_options
 from sentinel.store.base import seconds_left
 from sentinel.wiring import Runtime
 from tests.support.accounts import create_key
@@ -174,9 +173,7 @@ def gateway_factory(tmp_path: Path, mock_upstream: str) -> Iterator[Callable[...
         clocks = {name: clock for name, clock in (("stream_clock", stream_clock), ("upstream_clock", upstream_clock),
                                                   ("window_clock", window_clock)) if clock is not None}
         app = create_app(settings, **clocks)
-        server = ServerThread(
-            app, limits=connection_limits(settings), loop=loop, **uvicorn_protocol_options(settings)
-        ).start()
+        server = ServerThread(app, settings=settings, loop=loop).start()
         started.append(server)
         return Gateway(url=server.url, key=key, key_id=key_id, settings=settings, server=server)
 

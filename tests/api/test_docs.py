@@ -87,12 +87,23 @@ def test_signin_cookie_grants_access_and_holds_no_key(keyed: Gateway) -> None:
             assert http.get("/native/docs/openapi.json").status_code == 401, bad
 
 
-def test_signin_over_https_sets_a_secure_cookie(keyed: Gateway) -> None:
-    # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 (its proxy_headers default), as behind a local proxy.
-    with httpx.Client(base_url=keyed.url) as http:
+def test_signin_over_https_sets_a_secure_cookie(gateway_factory: Callable[..., Gateway]) -> None:
+    """Behind a proxy named in SENTINEL_FORWARDED_ALLOW_IPS (here the loopback) that terminates TLS."""
+    behind_proxy = gateway_factory(docs_api_key=KEY, forwarded_allow_ips="127.0.0.1")
+    with httpx.Client(base_url=behind_proxy.url) as http:
         r = signed_in(http, **{"X-Forwarded-Proto": "https"})
     assert r.status_code == 303
     assert "secure" in [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+
+
+def test_a_clients_own_forwarded_proto_is_not_the_scheme(keyed: Gateway) -> None:
+    """With no proxy named, X-Forwarded-Proto is the client's word, not the scheme: the cookie is
+    not marked Secure for a plain-http sign-in (served as `sentinel serve` is: the test gateways
+    trusted it from the loopback, as uvicorn does by default)."""
+    with httpx.Client(base_url=keyed.url) as http:
+        r = signed_in(http, **{"X-Forwarded-Proto": "https"})
+    assert r.status_code == 303
+    assert "secure" not in [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
 
 
 def test_signin_form_rules(keyed: Gateway) -> None:

@@ -80,6 +80,24 @@ async def test_an_ipv6_host_is_one_client_however_many_addresses_of_its_64_it_us
     assert client_key("fe80::1%eth0") == "fe80::/64"
 
 
+def test_without_a_named_proxy_a_client_rotating_x_forwarded_for_is_still_its_socket_address(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """Unless SENTINEL_FORWARDED_ALLOW_IPS names proxies, X-Forwarded-For is the client's own word: a
+    client writing a new address in each request is still one client, its socket's, to the throttle.
+    (The test gateways trusted it from the loopback, uvicorn's default, where `serve` does not: every
+    guess was a new client there.)"""
+    gw = gateway_factory(auth_failures_per_minute=3, window_clock=FakeClock())
+    seen = []
+    for i in range(5):
+        answer = httpx.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                            headers={"Authorization": f"Bearer sk-sentinel-made-up-{i}",
+                                     "X-Forwarded-For": f"198.51.100.{i}", "Forwarded": f"for=198.51.100.{i}"},
+                            timeout=30)
+        seen.append((answer.status_code, answer.json()["error"]["code"]))
+    assert seen == [(401, "invalid_api_key")] * 3 + [(429, "auth_rate_limited")] * 2
+
+
 def test_a_6to4_host_is_its_ipv4_address_however_many_64s_it_uses(gateway_factory: Callable[..., Gateway]) -> None:
     """A 6to4 address (2002:AABB:CCDD::/48) is the IPv4 host AA.BB.CC.DD's: counted by its /64, one
     IPv4 address had 65,536 clients' worth of failed authentications. It is counted as that IPv4

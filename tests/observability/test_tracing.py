@@ -29,7 +29,6 @@ from sentinel.observability.tracing import (
     build_tracing,
     request_sampler,
 )
-from sentinel.protocol import uvicorn_protocol_options
 from tests.support.accounts import create_key
 from tests.support.fake_zion import FakeZion
 from tests.support.servers import ServerThread, serving
@@ -81,7 +80,7 @@ def traced(tmp_path: Path, mock_upstream: str) -> Iterator[Traced]:
     settings = _settings(tmp_path, mock_upstream)
     _, key = asyncio.run(create_key(settings.database_url, "alice"))
     tracing = OtelTracing(provider)
-    server = ServerThread(create_app(settings, tracing=tracing), **uvicorn_protocol_options(settings)).start()
+    server = ServerThread(create_app(settings, tracing=tracing), settings=settings).start()
     try:
         yield Traced(server.url, key, exporter, server, tracing)
     finally:
@@ -349,8 +348,7 @@ def test_a_pass_through_upstream_span_is_named_after_its_allowed_pattern(tmp_pat
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = _settings(tmp_path, mock_upstream, passthrough="/v1/widgets/*")
     _, key = asyncio.run(create_key(settings.database_url, "alice"))
-    server = ServerThread(create_app(settings, tracing=OtelTracing(provider)),
-                          **uvicorn_protocol_options(settings)).start()
+    server = ServerThread(create_app(settings, tracing=OtelTracing(provider)), settings=settings).start()
     try:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
             for widget in ("w-1", "w-2", "w" * 6000):
@@ -377,7 +375,7 @@ def test_the_callers_own_credential_is_not_in_the_request_span(tmp_path: Path, m
         fake.add_user(token, "olga-ext", "olga@example.com")
         settings = _settings(tmp_path, mock_upstream, governance="zion", zion_api_url=zion.url,
                              zion_api_key=fake.api_key, passthrough="/v1/moderations/*")
-        with serving(create_app(settings, tracing=tracing), **uvicorn_protocol_options(settings)) as sentinel:
+        with serving(create_app(settings, tracing=tracing), settings=settings) as sentinel:
             headers = {"Authorization": f"Bearer {token}"}
             refused = httpx.post(f"{sentinel.url}/v1/moderations/x/{token}", json={"input": "a"}, headers=headers,
                                  timeout=30)

@@ -11,6 +11,10 @@ from typing import Any
 
 import uvicorn
 
+from sentinel.config import Settings
+from sentinel.protocol import with_connection_limits
+from sentinel.server import uvicorn_options
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,12 +27,15 @@ class ServerThread:
     """A uvicorn server in a thread; `url` is its base URL once `start()` returned."""
 
     def __init__(
-        self, app: Any, *, port: int | None = None, graceful: int = 5, limits: Any = None, **options: Any
+        self, app: Any, *, port: int | None = None, graceful: int = 5, settings: Settings | None = None,
+        **options: Any,
     ) -> None:
-        """`options` are more uvicorn.Config arguments (`loop` "asyncio" unless given), `limits`
-        Sentinel's ConnectionLimits."""
+        """`settings`: serve Sentinel's app as `sentinel serve` does with them (`uvicorn_options`: no
+        X-Forwarded-* trusted unless `forwarded_allow_ips` names proxies; the protocol and its connection
+        limits); `options` are more uvicorn.Config arguments (`loop` "asyncio" unless given)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        served = uvicorn_options(settings) if settings is not None else {}
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -37,10 +44,10 @@ class ServerThread:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=graceful,
-            **{"http": "httptools", "loop": "asyncio", **options},
+            **{"http": "httptools", "loop": "asyncio", **served, **options},
         )
-        if limits is not None:
-            config.sentinel_limits = limits  # type: ignore[attr-defined]
+        if settings is not None:
+            with_connection_limits(config, settings)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -25,7 +25,7 @@ from tests.support.clock import FakeClock
 from tests.support.metrics import counted
 from tests.support.outbox import OutboxPart, usage_record
 from tests.support.outbox_worlds import age_redis_stream
-from tests.support.waiting import until
+from tests.support.waiting import reached, until
 
 
 class Sink:
@@ -816,9 +816,12 @@ class Sleeps:
         await future
 
     async def wake(self) -> None:
-        await until(lambda: bool(self.waiting))
+        # (`reached`, not `until`'s loop turns: the renewal in between is a SQL statement, which
+        # aiosqlite runs in a thread and asyncpg over a socket — on a loaded machine it outlasted
+        # 10,000 turns)
+        assert await reached(lambda: bool(self.waiting))
         self.waiting.pop(0).set_result(None)
-        await until(lambda: bool(self.waiting))  # asleep again: the renewal in between is done
+        assert await reached(lambda: bool(self.waiting))  # asleep again: the renewal in between is done
 
 
 async def test_a_delivery_longer_than_the_lease_keeps_its_batch(sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -24,7 +24,7 @@ Policies (documented in the README):
   refuse;
 - a session whose model is gone for good (its provider not configured, the tier table naming it
   nowhere, or the provider answering 404 that it no longer serves it: `retired`) moves to a model
-  of its tier under `keep` too, written before the upstream call over the session as read (`_move`:
+  of its tier (of the tier its turn asks for when its own has none left: `_home`) under `keep` too, written before the upstream call over the session as read (`_move`:
   concurrent turns move to one model; the move stays if that model does not answer); a model
   answered as retired is left out of selection for an hour (`ProviderHealth.mark_retired`), unless
   every candidate of the tier is;
@@ -272,9 +272,9 @@ class TierRouter:
             decision = RouteChoice(tier, entry, conv, session, "update", "upgraded", trials=trials)
             decision.was_unhealthy = unhealthy
             return decision
-        return await self._sticky(session)
+        return await self._sticky(session, tier)
 
-    async def _sticky(self, session: Session) -> RouteChoice:
+    async def _sticky(self, session: Session, asked: str) -> RouteChoice:
         named = await self._named(session.tier, session.provider, session.model)
         entry = named or TierModelEntry(provider=session.provider, model=session.model, relative_cost=1)
         pair = (session.provider, session.model)
@@ -301,8 +301,9 @@ class TierRouter:
         # every tier. It moves under `keep` too, written before the call (`claim`, `_move`).
         gone = session.provider not in self.providers or named is None
         if gone or (hard and self.failover is SessionFailover.migrate):
-            new, unhealthy = await self._select(session.tier, trials, exclude=[(session.provider, session.model)])
-            return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated",
+            home = await self._home(session.tier, asked)
+            new, unhealthy = await self._select(home, trials, exclude=[(session.provider, session.model)])
+            return RouteChoice(home, new, session.conversation_id, session, "update", "migrated",
                                was_unhealthy=unhealthy, trials=trials, moving=gone)
         if state is not None and state.recovering(now) and not state.trial_running(now):
             # Its backoff ran out: the conversation goes to its model either way (as before), and is
@@ -311,6 +312,14 @@ class TierRouter:
         decision = RouteChoice(session.tier, entry, session.conversation_id, session, "touch", "hit", trials=trials)
         decision.was_unhealthy = state is not None
         return decision
+
+    async def _home(self, tier: str, asked: str) -> str:
+        """The tier a conversation of `tier` moving off its model is moved within: its own, or the one
+        its turn `asked` for when the operator left its own no model (a tier reset or taken out of the
+        table, or all its providers unconfigured) — else every turn of it was a 503 `no_models_for_tier`,
+        at any tier asked, until its session expired."""
+        table = await self.tiers.table()
+        return tier if any(e.provider in self.providers for e in table.get(tier, [])) else asked
 
     async def _entry_for(self, tier: str, provider: str, model: str) -> TierModelEntry:
         """The tier table's entry for a conversation's provider+model (its prices included): in its
@@ -372,10 +381,11 @@ class TierRouter:
             # Created by a process configured otherwise (a rolling deploy that drops a provider):
             # this one cannot call its model (that was a KeyError, a 500). As a later turn's session
             # on a provider gone (`_sticky`), it moves to a model of its tier once answered.
-            if won.tier != decision.tier:
+            home = await self._home(won.tier, decision.tier)
+            if home != decision.tier:
                 decision.entry, decision.was_unhealthy = await self._select(
-                    won.tier, decision.trials, exclude=[(won.provider, won.model)])
-                decision.tier = won.tier
+                    home, decision.trials, exclude=[(won.provider, won.model)])
+                decision.tier = home
             decision.pending_write, decision.event = "update", "migrated"
             return
         if (won.tier, won.provider, won.model) != (decision.tier, decision.provider, decision.model):

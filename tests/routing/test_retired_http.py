@@ -163,6 +163,33 @@ def test_a_conversation_whose_model_the_operator_took_out_of_every_tier_moves_on
     assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 1
 
 
+def test_a_conversation_whose_tier_the_operator_emptied_moves_to_the_tier_its_turn_asks_for(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """The operator took the conversation's tier away (reset to the providers file's, which holds
+    none): its model is in no tier, and its tier has no model to move to. The fresh selection in its
+    tier was a 503 no_models_for_tier at whatever tier the turn asked for (`simple`, served for every
+    other conversation), every turn, until the session expired a day later: it moves to a model of
+    the tier the turn asks for, once, as a conversation whose model is gone for good does."""
+    url, _ = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, {"simple": [entry(OA_MINI)]}, admin_key=ADMIN_KEY)
+    with gw.client() as http, gw.admin() as admin:
+        saved = admin.put("/admin/api/tiers/complex", json={"entries": [f"{AN_HAIKU[0]}/{AN_HAIKU[1]}:1"]})
+        assert saved.status_code == 200, saved.text
+        assert served(chat(http, "hard", conv="emptied", tier="complex")) == ("complex", *AN_HAIKU)
+        assert admin.delete("/admin/api/tiers/complex").status_code == 200  # back to the file's: none
+        for tier in (None, "simple"):
+            assert served(chat(http, "next", conv="emptied", tier=tier)) == ("simple", *OA_MINI)
+        session = stored(gw, "emptied")
+        assert session is not None and (session["tier"], session["provider"], session["model"]) == ("simple", *OA_MINI)
+        assert session["migrations"] == 1
+        # Asked for the tier that has none, it is still that tier's 503 (nothing to upgrade to), and stays.
+        r = chat(http, "harder", conv="emptied", tier="complex")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_models_for_tier", r.text
+        assert stored(gw, "emptied") == session
+    assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 1
+
+
 def test_concurrent_turns_after_a_retirement_are_all_served_by_one_new_model(
     gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
 ) -> None:

@@ -31,7 +31,10 @@ A Sentinel key behind other text (`Bearer Bearer <key>`, quotes), or its prefix 
 have sent it to Zion as a token.
 
 With `require_email` (GOVERNANCE=zion, where usage is reported to Zion by email) an identity
-without an email is refused with 403 `usage_unreportable`: it would be served unmetered.
+without an email is refused with 403 `usage_unreportable`: it would be served unmetered. An identity
+whose usage the ledger cannot store (`Identity.unstorable`) is refused with 403
+`identity_unrecordable`, and that verdict of its source is remembered as a refusal for `negative_ttl`
+(never the identity itself): each use of the token asked the source again, uncounted by the throttle.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ UNREPORTABLE = (
     "email. Ask an operator to give the user an email (for a Sentinel key: `sentinel keys create "
     "<external_id> --email ...`)."
 )
+
+# The code of a 403 for an identity whose usage the ledger could not store (`Identity.unstorable`). The
+# refusal is remembered under the token for `negative_ttl` with this reason and the problem after a
+# `:` (fixed texts, nothing of the identity's), so each use is refused again without asking the source.
+UNRECORDABLE = "identity_unrecordable"
 
 # Said of a credential holding a Sentinel key after other text (the key is never repeated).
 KEY_BEHIND_TEXT = (
@@ -203,6 +211,8 @@ class Authenticator:
         if key in self.withheld:
             raise AuthenticationError()
         if cached is not None and cached.value is None:
+            if cached.reason is not None and cached.reason.startswith(UNRECORDABLE + ":"):
+                raise _unrecordable(cached.reason[len(UNRECORDABLE) + 1:])
             raise Expired() if cached.reason == Expired.code else AuthenticationError()
         if not token.startswith(KEY_PREFIX) and KEY_PREFIX in token.lower():
             # A key behind other text (`Bearer Bearer <key>`, `x-api-key: Bearer <key>`, quotes) or with
@@ -281,8 +291,15 @@ class Authenticator:
             raise AuthenticationError()
         if source is self.jwt:
             self._remember_verified(key)  # its source verified it here: not again at its next use
-        if (problem := found.unstorable()) is not None:  # refused, and not cached: it cannot be stored
-            raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
+        if (problem := found.unstorable()) is not None:  # refused: the identity itself cannot be stored
+            if confirmed:
+                # The source's verdict, remembered as a refusal (never the identity) for `negative_ttl`:
+                # each use of the token asked the source again — with Zion one `/users/me` call per
+                # request, uncounted by the failed-authentication throttle (the credential is valid).
+                # A stand-in's claims are not the source's word: the next use asks it again.
+                await self.cache.put(key, None, ttl=self.negative_ttl, not_after=found.expires_at,
+                                     reason=f"{UNRECORDABLE}:{problem}")
+            raise _unrecordable(problem)
         # A stand-in is kept for the outage only (stale from the start, as a confirmed identity past
         # its TTL): every later use asks the source again — at once when the breaker is open — and
         # is served it only while the source still cannot answer.
@@ -314,7 +331,7 @@ class Authenticator:
         if self.require_email and not identity.email:
             raise PermissionDenied(UNREPORTABLE, code="usage_unreportable")
         if (problem := identity.unrecordable()) is not None:
-            raise PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code="identity_unrecordable")
+            raise _unrecordable(problem)
         return identity
 
     async def revoke(self, token_hash: str) -> None:
@@ -336,3 +353,8 @@ class Authenticator:
         later (other processes' local copies live at most `local_ttl` longer). A refusal (a revoked
         key's tombstone, an expiry) stays. Raises StoreUnavailable."""
         await self.cache.drop_value(token_hash)
+
+
+def _unrecordable(problem: str) -> PermissionDenied:
+    """The 403 for an identity whose usage cannot be recorded, saying why (`Identity.unstorable`)."""
+    return PermissionDenied(f"This identity's usage cannot be recorded: {problem}", code=UNRECORDABLE)

@@ -349,6 +349,36 @@ def test_users_whose_usage_cannot_be_reported_are_refused(
         asyncio.run(make_key(gw.settings.database_url, "nomail-ext"))
 
 
+def test_a_zion_profile_whose_usage_cannot_be_recorded_is_refused_without_asking_zion_at_each_use(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """A Zion profile whose id or email the ledger cannot hold (an id over 255 characters, a bidi
+    override in it) is 403 `identity_unrecordable` — and that verdict was never remembered: each use of
+    the token was another `/users/me` call, none of them a failed authentication for the throttle (the
+    token is valid), so one user could make Sentinel call Zion at the rate of their requests. The
+    refusal is remembered now, as a refused token's: the same 403 on both surfaces, one call to Zion."""
+    zion.add_user("jwt-long", "x" * 300, "long@example.com")
+    zion.add_user("jwt-bidi", "ecila\u202e", "bidi@example.com")
+    gw = zion_gateway(gateway_factory, zion)
+    message = {"model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    for bearer, why in (("jwt-long", "longer than 255"), ("jwt-bidi", "control or invisible")):
+        before = zion.calls[ME]
+        for _ in range(3):
+            openai_style = post(gw, bearer)
+            assert openai_style.status_code == 403, openai_style.text
+            error = openai_style.json()["error"]
+            assert (error["type"], error["code"]) == ("permission_error", "identity_unrecordable"), error
+            assert why in error["message"], error
+            anthropic_style = httpx.post(gw.url + "/v1/messages", json=message, headers={"x-api-key": bearer},
+                                         timeout=30)
+            assert anthropic_style.status_code == 403, anthropic_style.text
+            assert anthropic_style.json()["error"]["type"] == "permission_error", anthropic_style.text
+            assert why in anthropic_style.json()["error"]["message"], anthropic_style.text
+        assert zion.calls[ME] == before + 1, zion.calls
+    zion.add_user("jwt-fine", "fine-ext", "fine@example.com")
+    assert post(gw, "jwt-fine").status_code == 200  # no failed authentication was counted against the address
+
+
 def test_the_default_plan_throttles_zion_users_unless_configured_off(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

@@ -303,13 +303,18 @@ async def test_only_a_token_not_known_good_meets_the_unknown_hook(clock: FakeClo
 async def test_an_identity_that_cannot_be_stored_is_refused_not_a_500(clock: FakeClock) -> None:
     """A JWT's claims may hold a lone surrogate (JSON allows the escape): caching such an identity
     raised inside the encoder — a 500 — and on Redis it would have failed the other commands of its
-    pipeline. It is refused (403) and never cached."""
+    pipeline. It is refused (403) and never cached; the refusal is, for the negative TTL (each use
+    asked the source again), then the source is asked again."""
     auth, source, store = make(clock)
     source.valid["sk-sentinel-odd"] = Identity("alice\ud800", "u1")
     for _ in range(2):
-        with pytest.raises(PermissionDenied):
+        with pytest.raises(PermissionDenied, match="not valid Unicode"):
             await auth.authenticate("sk-sentinel-odd")
-    assert source.calls == 2  # nothing was cached
+    assert source.calls == 1  # the refusal was remembered, never the identity
+    clock.advance(auth.negative_ttl + 1)
+    with pytest.raises(PermissionDenied):
+        await auth.authenticate("sk-sentinel-odd")
+    assert source.calls == 2
     assert Identity("a", "u\udfff").unstorable() is not None
     assert Identity("alice", "u1", email="a@example.com").unstorable() is None
 

@@ -350,7 +350,7 @@ def test_users_whose_usage_cannot_be_reported_are_refused(
 
 
 def test_a_zion_profile_whose_usage_cannot_be_recorded_is_refused_without_asking_zion_at_each_use(
-    gateway_factory: Callable[..., Gateway], zion: FakeZion
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, backend_url: str | None
 ) -> None:
     """A Zion profile whose id or email the ledger cannot hold (an id over 255 characters, a bidi
     override in it) is 403 `identity_unrecordable` — and that verdict was never remembered: each use of
@@ -359,7 +359,7 @@ def test_a_zion_profile_whose_usage_cannot_be_recorded_is_refused_without_asking
     refusal is remembered now, as a refused token's: the same 403 on both surfaces, one call to Zion."""
     zion.add_user("jwt-long", "x" * 300, "long@example.com")
     zion.add_user("jwt-bidi", "ecila\u202e", "bidi@example.com")
-    gw = zion_gateway(gateway_factory, zion)
+    gw = zion_gateway(gateway_factory, zion, redis_url=backend_url)
     message = {"model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
     for bearer, why in (("jwt-long", "longer than 255"), ("jwt-bidi", "control or invisible")):
         before = zion.calls[ME]

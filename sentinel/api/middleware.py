@@ -7,8 +7,9 @@ It wraps the router. For every HTTP request it:
   and `anthropic-version` or a relayed header read as one value (`content-type`, `openai-beta`, a download's `range`, `if-range`, `if-modified-since`, `if-unmodified-since`) on
   more than one line (its lines were joined and sent on: the provider read another value than Sentinel);
   and with 400 `missing_host` an HTTP/1.1 request with no `Host` at all (RFC 9112 §3.2: HTTP/1.0 has none);
-- takes `X-Request-Id` from the client (if sane, and holding no API key or configured secret: the id
-  is in every log line, the ledger and the provider's `X-Client-Request-Id`) or makes one, and
+- takes `X-Request-Id` from the client (if sane, and holding no API key, configured secret or the
+  request's own credential: the id is in every log line, the ledger and the provider's
+  `X-Client-Request-Id`) or makes one, and
   returns it on the response;
 - refuses new work with 503 + Retry-After when `max_in_flight` requests are already running (a
   503 `overloaded` is counted in `sentinel_overload_rejections_total` and logged at debug only: it
@@ -39,7 +40,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sentinel.api.body_budget import BodyBudget
-from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext, caller_credentials
+from sentinel.api.context import MAX_CLIENT_REQUEST_ID, RequestContext, caller_credentials, presented
 from sentinel.api.paths import check_raw_path
 from sentinel.api.responses import RawResponse, endpoint_not_found, method_not_allowed
 from sentinel.api.surfaces import is_anthropic_client, is_console_page, render_error, surface_headers
@@ -310,11 +311,12 @@ def _request_id(scope: Scope, redact: Redactor = SENTINEL_KEYS_ONLY) -> tuple[st
     MAX_CLIENT_REQUEST_ID (115) characters of `A-Z a-z 0-9 . _ : -`, so its ledger key fits, and
     nothing `redact` would take out (a Sentinel API key or a JWT is such text: a client that sent its
     key as its request id had it written unredacted in every log line of the request, in the ledger,
-    and sent to the provider as `X-Client-Request-Id`)."""
+    and sent to the provider as `X-Client-Request-Id`), nor the credential the request presents
+    (`presented`: a Zion token has no shape the redaction knows, and went out so)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _SAFE_ID.fullmatch(candidate) and redact(candidate) == candidate:
+            if _SAFE_ID.fullmatch(candidate) and redact(candidate, also=presented(scope)) == candidate:
                 return candidate, True
             break
     return new_request_id(), False

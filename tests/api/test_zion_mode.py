@@ -638,6 +638,36 @@ def test_a_zion_token_the_client_put_in_the_path_is_never_logged(
     assert not [rec for rec in caplog.records if token in str(rec.__dict__)]
 
 
+def test_a_request_id_holding_the_callers_zion_token_is_replaced_not_logged_or_sent_upstream(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A client's X-Request-Id goes in every log line of its request, in the ledger and to the provider
+    as `X-Client-Request-Id`; one holding a Sentinel key or a JWT is replaced, but a Zion token has
+    no shape the redaction knows: the caller's own token sent as its request id (or in it) was kept
+    as it was — logged and sent to the provider. It is replaced by a new id."""
+    token = "opaque-zion-token-" + "r8" * 12
+    zion.add_user(token, "rita-ext", "rita@example.com")
+    logging.getLogger("sentinel.access").setLevel(logging.INFO)  # as `sentinel serve` configures it
+    try:
+        gw = zion_gateway(gateway_factory, zion, access_log=True)
+    finally:
+        logging.getLogger("sentinel.access").setLevel(logging.NOTSET)
+    mock = str(gw.settings.openai_api_url).removesuffix("/v1")
+    answers, sent = [], []
+    for request_id in (token, f"trace:{token}", "rita-trace.7"):
+        answers.append(httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=30,
+                                  headers={"Authorization": f"Bearer {token}", "X-Request-Id": request_id}))
+        sent.append(httpx.get(mock + "/__mock/last_request", timeout=30).json())
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    ids = [a.headers["x-request-id"] for a in answers]
+    assert ids[2] == "rita-trace.7"  # an ordinary id is kept
+    for rid, upstream in zip(ids, sent, strict=True):
+        assert token not in rid, rid
+        assert dict(upstream["headers"])["x-client-request-id"] == rid  # the provider is told the id answered
+    gw.server.stop()  # the lifespan shutdown writes the last access lines
+    assert token not in capfd.readouterr().err
+
+
 def test_a_sentinel_key_sent_behind_other_text_never_reaches_zion(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

@@ -39,6 +39,11 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
   larger sizes, 12 seconds). A `seconds` that is no whole number from 1 to MAX_VIDEO_SECONDS is refused (400).
 - a vector store search with `rewrite_query` (`POST /v1/vector_stores/{id}/search`): a model rewrites
   its query: the query's tokens (each of a list's) are reserved and charged as input.
+- a compaction (`POST /v1/responses/compact`): a model reads its Responses body (`input`,
+  `instructions`, ...) and writes a summary; the input `/v1/responses` would estimate for that body
+  is reserved (charged as input, with the text its answer shows as output, when it shows no usage).
+  It reserved no token: a compaction of a 100,000-token conversation passed an input limit of
+  1,000, and a burst of them passed any.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from typing import Any
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.errors import InvalidRequest
 from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
+from sentinel.quota.estimate import estimate_input
 from sentinel.quota.media import BYTES_PER_TOKEN
 from sentinel.quota.tokens import TokenCounter
 
@@ -87,6 +93,7 @@ MAX_VIDEO_SECONDS = 60  # the longest video `seconds` may ask for (Sora's longes
 VIDEOS = ("videos",)
 VIDEO_CALLS = frozenset({VIDEOS, ("videos", "edits"), ("videos", "extensions")})  # and `videos/{id}/remix`
 VECTOR_SEARCH = "search"  # `vector_stores/{id}/search`
+COMPACT = ("responses", "compact")  # a compaction of a Responses body (`COLLECTION_ACTIONS`)
 # The paths (below `/v1`) whose calls are media calls: a path a lenient server reads as one of these
 # (`/v1/Audio/Speech`, `/v1/images;x/generations`) is never pass-through (`sentinel.api.openai.SPELLED`),
 # or it would be charged as another call: one request, no token.
@@ -103,7 +110,7 @@ _CUE_END = re.compile(r"-->[ \t]*(?:([0-9]{1,6}):)?([0-9]{1,2}):([0-9]{2})[.,]([
 @dataclass(frozen=True)
 class MediaCall:
     """A pass-through media call whose answer may show no usage (see the module docstring): its kind
-    (`speech`, `images`, `transcript`, `video`, `search`), the input and output tokens it reserves,
+    (`speech`, `images`, `transcript`, `video`, `search`, `compact`), the input and output tokens it reserves,
     an image's, a video's model, size and seconds as the request named them (None: not named), and —
     a transcript — whether it was asked for with cues (`srt`, `vtt`: `CUED_FORMATS`) or as JSON."""
 
@@ -168,6 +175,9 @@ def media_call(
         texts = query if isinstance(query, list) else [query]
         tokens = sum(counter.count_text(text, model) for text in texts if isinstance(text, str))
         return MediaCall("search", input_tokens=min(MAX_TOKENS, tokens))
+    if path == COMPACT:  # its body is a Responses request's: its input, as `/v1/responses` estimates it
+        tokens = estimate_input(counter, "responses", model, dict(fields))
+        return MediaCall("compact", input_tokens=min(MAX_TOKENS, tokens))
     return None
 
 

@@ -217,7 +217,9 @@ class AnswerRelay:
         output_text = "" if parsed is None or not pays else text_from_body(endpoint, parsed)
         read_input = output_read(endpoint, parsed) if unmetered else ("", 0)
         output_estimate = admission.max_output if unreadable else None
-        if unmetered and charging.media is not None:
+        # (a compaction's answer is a Responses-shaped object: its input is the estimate it reserved, its
+        # output the text it shows, as any answer's)
+        if unmetered and charging.media is not None and charging.media.kind != "compact":
             read, output_estimate, output_text = media_charge(charging.media, parsed, raw)
             read_input = ("", read)
         await self.meter.settle(

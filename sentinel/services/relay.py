@@ -27,6 +27,7 @@ from sentinel.domain.end_user import EndUsers
 from sentinel.domain.files import UNREAD, FileFacts
 from sentinel.domain.identity import Identity
 from sentinel.domain.json_body import read_json
+from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
 from sentinel.governance.ownership import BatchEstimate, Ownership
 from sentinel.native.end_user import (
@@ -330,6 +331,11 @@ class OpenAIRelay:
                 source = await self.ownership.video_of(source_id) if source_id is not None else None
                 media = await count_off_loop(
                     functools.partial(media_call, self.counter, segments, fields, source), len(body))
+                if media is not None and media.kind == "compact":
+                    # The stored context it compacts (`previous_response_id`, `conversation`) is read
+                    # along, as a metered request continuing it reserves it (`carried_input`).
+                    held = await self.ownership.contexts(continued(dict(fields))[0])
+                    media = dataclasses.replace(media, input_tokens=min(MAX_TOKENS, media.input_tokens + sum(held.values())))
                 if media is not None and query is not None:
                     # Charged by what its body names (its model, size, seconds): a query sent on would be
                     # read upstream unchecked, as on the metered endpoints (a LiteLLM proxy's `?model=`).

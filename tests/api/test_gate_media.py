@@ -7,6 +7,7 @@ and reserved none: a user on a token-limited plan ran them at one request each."
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 
@@ -409,3 +410,72 @@ def test_a_speech_call_of_a_speed_that_is_no_number_in_range_is_refused(
         upstream.typed(b"audio/mpeg", MP3)
         gw.openai().audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input=SPEECH_TEXT, speed=0.25)
         assert _row(gw)["output_tokens"] == speech_audio_tokens("gpt-4o-mini-tts", SPEECH_TEXT, 0.25)
+
+
+def test_a_compaction_is_reserved_its_input_and_held_to_the_input_limit(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """`POST /v1/responses/compact` has a model read its Responses body and write a summary: it reserved
+    one request and no token, so a compaction of a conversation far past the plan's input limit was
+    sent (and charged its answer's usage after), and a burst of them passed any limit before the first
+    settled. It reserves the input `/v1/responses` estimates for the same body: one that can never fit
+    is refused before it is sent, and one past what is left waits for the window."""
+    conversation = [{"role": "user", "content": "Log of the lighthouse keeper, day after day. " * 40},
+                    {"role": "assistant", "content": "Noted, and the lamp was trimmed at dusk. " * 40}]
+    counter = TokenCounter()
+    tokens = counter.count_chat(conversation, "gpt-5")
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/responses/*",
+                             default_plan=f"requests=100/1h,input_tokens={tokens + tokens // 2}/1h")
+        upstream.json({"id": "cmp_1", "object": "response.compaction", "created_at": 1, "output": [],
+                       "usage": {"input_tokens": tokens, "output_tokens": 40, "total_tokens": tokens + 40}})
+        with gw.client() as alice:
+            too_long = alice.post("/v1/responses/compact", json={"model": "gpt-5", "input": conversation * 2})
+            assert upstream.received == []  # never sent
+            compacted = alice.post("/v1/responses/compact", json={"model": "gpt-5", "input": conversation})
+            again = alice.post("/v1/responses/compact", json={"model": "gpt-5", "input": conversation})
+    assert too_long.status_code == 429, too_long.text
+    error = openai_error(too_long.json())
+    assert error["code"] == "quota_exceeded" and "can never be admitted" in error["message"], error
+    assert "retry-after" not in too_long.headers
+    assert compacted.status_code == 200, compacted.text
+    # Half the conversation is left of the limit: the same compaction again does not fit, and is refused
+    # before it runs (it was admitted: it reserved no input).
+    assert again.status_code == 429, again.text
+    assert openai_error(again.json())["code"] == "quota_exceeded"
+    assert again.headers["retry-after"]
+    assert len(upstream.received) == 1
+    row = _row(gw)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, tokens, 40)  # its answer's usage
+
+
+def test_a_compaction_of_a_stored_response_is_reserved_the_context_it_reads(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A compaction continuing a stored response (`previous_response_id`) has the provider read that
+    response's whole context again, as a `/v1/responses` request continuing it does: reserved as that
+    request is (the tokens Sentinel keeps for the response, `carried_input`), a compaction of a chain
+    past the plan's input limit is refused before it is sent — it reserved its few new tokens."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/responses/*",
+                             default_plan="requests=100/1h,input_tokens=1000/1h")
+        ownership = gw.runtime.relay.ownership
+        for response, context in (("resp_long", 50_000), ("resp_short", 200)):
+            asyncio.run(ownership.claim(response, "alice", None))
+            asyncio.run(ownership.remember_context(response, context, None))
+        upstream.json({"id": "cmp_1", "object": "response.compaction", "created_at": 1, "output": [],
+                       "usage": {"input_tokens": 210, "output_tokens": 40, "total_tokens": 250}})
+        with gw.client() as alice:
+            long = alice.post("/v1/responses/compact",
+                              json={"model": "gpt-5", "input": "hi", "previous_response_id": "resp_long"})
+            assert upstream.received == []  # never sent
+            short = alice.post("/v1/responses/compact",
+                               json={"model": "gpt-5", "input": "hi", "previous_response_id": "resp_short"})
+    assert long.status_code == 429, long.text
+    error = openai_error(long.json())
+    assert error["code"] == "quota_exceeded" and "can never be admitted" in error["message"], error
+    assert short.status_code == 200, short.text
+    row = _row(gw)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, 210, 40)

@@ -24,7 +24,8 @@ Policies (documented in the README):
   refuse;
 - a session whose model is gone for good (its provider not configured, the tier table naming it
   nowhere, or the provider answering 404 that it no longer serves it: `retired`) moves to a model
-  of its tier (of the tier its turn asks for when its own has none left: `_home`) under `keep` too, written before the upstream call over the session as read (`_move`:
+  of its tier (of the tier its turn asks for when its own has none left: `_home`, a retry's move
+  too) under `keep` too, written before the upstream call over the session as read (`_move`:
   concurrent turns move to one model; the move stays if that model does not answer); a model
   answered as retired is left out of selection for an hour (`ProviderHealth.mark_retired`), unless
   every candidate of the tier is;
@@ -90,6 +91,9 @@ class RouteChoice:
     # A migration off a model gone for good (its provider not configured, the tier table naming it
     # nowhere): written before the upstream call (`claim`), so that concurrent turns move together.
     moving: bool = False
+    # The tier the turn asked for (`decide`; None: `tier`): a move off a conversation's model whose own
+    # tier the operator left no model goes to a model of it (`TierRouter._home`), a retry's move too.
+    asked: str | None = None
 
     @property
     def provider(self) -> str:
@@ -264,15 +268,17 @@ class TierRouter:
         if session is None:
             entry, unhealthy = await self._select(tier, trials)
             decision = RouteChoice(tier, entry, conv, None, "create" if conv else None, "created" if conv else None,
-                                   trials=trials)
+                                   trials=trials, asked=tier)
             decision.was_unhealthy = unhealthy
             return decision
         if TIER_ORDER[tier] > TIER_ORDER.get(session.tier, -1):  # a tier no longer known: the lowest
             entry, unhealthy = await self._select(tier, trials, prefer=session.provider)
-            decision = RouteChoice(tier, entry, conv, session, "update", "upgraded", trials=trials)
+            decision = RouteChoice(tier, entry, conv, session, "update", "upgraded", trials=trials, asked=tier)
             decision.was_unhealthy = unhealthy
             return decision
-        return await self._sticky(session, tier)
+        decision = await self._sticky(session, tier)
+        decision.asked = tier
+        return decision
 
     async def _sticky(self, session: Session, asked: str) -> RouteChoice:
         named = await self._named(session.tier, session.provider, session.model)
@@ -290,12 +296,13 @@ class TierRouter:
             # gone for good, to a model of its tier not marked too — rather than paying the 404's round
             # trip first. With none (every other marked, or unavailable), it goes as before: a 404
             # answered so moves it then if it can (`retired`), else is the client's 502.
+            home = await self._home(session.tier, asked)
             try:
-                new, unhealthy = await self._select(session.tier, trials, exclude=[pair], unmarked=True)
+                new, unhealthy = await self._select(home, trials, exclude=[pair], unmarked=True)
             except ServiceUnavailable:
                 pass
             else:
-                return RouteChoice(session.tier, new, session.conversation_id, session, "update", "migrated",
+                return RouteChoice(home, new, session.conversation_id, session, "update", "migrated",
                                    was_unhealthy=unhealthy, trials=trials, moving=True)
         # Gone for good: its provider is not configured here, or the operator took the model out of
         # every tier. It moves under `keep` too, written before the call (`claim`, `_move`).
@@ -552,24 +559,28 @@ class TierRouter:
 
     async def may_serve(self, decision: RouteChoice) -> list[TierModelEntry]:
         """The models that may answer `decision`'s request: its own and, when a retry may move it
-        (`alternative`), the other candidates of its tier. (A first turn that follows a concurrent
-        one's session, `claim`, is served by that session's model: ask again then.)"""
+        (`alternative`), the other candidates of the tier it moves within (`_retry`). (A first turn
+        that follows a concurrent one's session, `claim`, is served by that session's model: ask
+        again then.)"""
         if decision.bound and self.failover is SessionFailover.keep:
             return [decision.entry]
+        home = await self._home(decision.tier, decision.asked or decision.tier)
         table = await self.tiers.table()
-        return [decision.entry, *(e for e in table.get(decision.tier, []) if e.provider in self.providers)]
+        return [decision.entry, *(e for e in table.get(home, []) if e.provider in self.providers)]
 
     async def _retry(self, decision: RouteChoice, tried: list[tuple[str, str]]) -> RouteChoice | None:
-        """A healthy candidate of `decision`'s tier but those `tried`, as `decision`'s retry (its
-        session, pending write and trials carried over), or None when the tier has no other. Its
-        past failures are cleared once it answers (`report`), as a first choice's are."""
+        """A healthy candidate but those `tried` of `decision`'s tier — of the tier its turn asked
+        for when the operator left its own none (`_home`, as a conversation's move in `_sticky`) —,
+        as `decision`'s retry (its session, pending write and trials carried over), or None when there
+        is no other. Its past failures are cleared once it answers (`report`), as a first choice's are."""
+        home = await self._home(decision.tier, decision.asked or decision.tier)
         try:
-            entry, unhealthy = await self._select(decision.tier, decision.trials, exclude=tried)
+            entry, unhealthy = await self._select(home, decision.trials, exclude=tried)
         except ServiceUnavailable:
             return None
-        return RouteChoice(decision.tier, entry, decision.conversation_id, decision.session, decision.pending_write,
+        return RouteChoice(home, entry, decision.conversation_id, decision.session, decision.pending_write,
                            decision.event, was_unhealthy=unhealthy, tried=tried, created=decision.created,
-                           trials=decision.trials)
+                           trials=decision.trials, asked=decision.asked)
 
     async def alternative(self, decision: RouteChoice) -> RouteChoice | None:
         """Another healthy candidate of the tier for a retry before the first byte, or None."""

@@ -444,3 +444,35 @@ def test_a_retired_404_under_a_clients_beta_switch_marks_nothing(
                                             extra_headers={"openai-beta": "assistants=v2"})
     assert gw.read_stored(ProviderHealth.retired_key("openai", MINI)) is None
     assert asked(mock, FOUR_O) == 0
+
+
+def test_a_conversation_in_an_emptied_tier_on_a_model_another_tier_lists_moves_off_it_when_retired(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """The operator emptied the conversation's tier, but its model is still listed in another: it
+    stays on it (not gone) — until its provider answers 404 that it retired the model. The move was
+    chosen in the conversation's own tier, which has none: a 502 `provider_model_retired` every turn
+    though the tier its turn asked for serves every other conversation. It moves to a model of that
+    tier (`_home`, as a model taken out of every tier does), once; a second conversation so placed
+    moves at its next turn without asking the model marked retired."""
+    url, mock = upstream
+    gw = gateway(gateway_factory, tmp_path, backend_url, url, admin_key=ADMIN_KEY)
+    with gw.client() as http, gw.admin() as admin:
+        saved = admin.put("/admin/api/tiers/complex", json={"entries": [f"{AN_HAIKU[0]}/{AN_HAIKU[1]}:1"]})
+        assert saved.status_code == 200, saved.text
+        for conv in ("first", "second"):
+            assert served(chat(http, "hard", conv=conv, tier="complex")) == ("complex", *AN_HAIKU)
+        assert admin.delete("/admin/api/tiers/complex").status_code == 200  # back to the file's: none
+        # Not gone (still listed in simple): the conversation stays on its model and its tier.
+        assert served(chat(http, "still here", conv="first")) == ("complex", *AN_HAIKU)
+        mock.retired.add(AN_HAIKU[1])
+        for conv in ("first", "second"):
+            assert served(chat(http, "and now?", conv=conv)) == ("simple", *OA_MINI)
+            session = stored(gw, conv)
+            assert session is not None
+            assert (session["tier"], session["provider"], session["model"], session["migrations"]) == (
+                "simple", *OA_MINI, 1)
+            assert served(chat(http, "after", conv=conv)) == ("simple", *OA_MINI)
+    assert asked(mock, AN_HAIKU[1]) == 4  # two first turns, the hit, the first one's 404: not the second's
+    assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 2
+

@@ -558,12 +558,12 @@ class TierRouter:
             self.metrics.sessions.labels(decision.event).inc()
 
     async def may_serve(self, decision: RouteChoice) -> list[TierModelEntry]:
-        """The models that may answer `decision`'s request: its own and, when a retry may move it
-        (`alternative`), the other candidates of the tier it moves within (`_retry`). (A first turn
-        that follows a concurrent one's session, `claim`, is served by that session's model: ask
-        again then.)"""
-        if decision.bound and self.failover is SessionFailover.keep:
-            return [decision.entry]
+        """The models that may answer `decision`'s request: its own and the other candidates of the
+        tier a retry moves it within (`_retry`) — under `keep` too, for a conversation bound to its
+        model: a 404 saying the provider retired that model moves it (`retired`), so its reservation
+        and image rule must cover the model it moves to (a larger output cap: what the new model is
+        sent). (A first turn that follows a concurrent one's session, `claim`, is served by that
+        session's model: ask again then.)"""
         home = await self._home(decision.tier, decision.asked or decision.tier)
         table = await self.tiers.table()
         return [decision.entry, *(e for e in table.get(home, []) if e.provider in self.providers)]

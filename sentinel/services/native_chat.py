@@ -208,7 +208,8 @@ class NativeChat:
     async def _cap_reserved(self, req: ChatRequest, choice: RouteChoice, payload: dict[str, Any]) -> None:
         """A `max_tokens` above the drawn model's maximum (`_over_most`) is reserved as the most any
         model that may serve the request answers with (`TierRouter.may_serve`: a retry may go to
-        another), when the catalogue knows each one's; otherwise as asked (up to `MAX_RESERVED_OUTPUT`)."""
+        another, a bound conversation's too once its model is answered as retired), when the
+        catalogue knows each one's; otherwise as asked (up to `MAX_RESERVED_OUTPUT`)."""
         assert req.max_tokens is not None  # (called only when over the model's most)
         maxima = [self.max_output(entry.provider, entry.model) for entry in await self.router.may_serve(choice)]
         if all(m is not None for m in maxima):

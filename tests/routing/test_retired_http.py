@@ -476,3 +476,38 @@ def test_a_conversation_in_an_emptied_tier_on_a_model_another_tier_lists_moves_o
     assert asked(mock, AN_HAIKU[1]) == 4  # two first turns, the hit, the first one's 404: not the second's
     assert metric(gw.url, "sentinel_sessions_total", event="migrated") == 2
 
+
+def test_a_move_to_a_model_of_a_larger_output_cap_is_reserved_for_that_cap(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, backend_url: str | None, upstream: tuple[str, MockState],
+) -> None:
+    """Under `keep`, a conversation bound to a model of 1,000 output tokens at most asks for more: it
+    was reserved as 1,000 (its model alone could serve it) — but a 404 saying the model is retired
+    moves it to one of 2,000, sent 2,000 on a reservation of 1,000, beyond a plan of 1,500 under
+    concurrency. The reservation covers every model the turn may move to (`TierRouter.may_serve`):
+    refused with the plan's 429 before anything is sent, nothing counted and the session as it was;
+    a cap that fits is served by the new model and the conversation moves."""
+    url, mock = upstream
+    doc = {"models": [{"name": OA_MINI[1], "provider": OA_MINI[0], "max_output_tokens": 1000},
+                      {"name": AN_HAIKU[1], "provider": AN_HAIKU[0], "max_output_tokens": 2000}],
+           "tiers": {"simple": [entry(OA_MINI)]}}
+    config = tmp_path / "capped.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    gw = gateway_factory(providers_file=config, redis_url=backend_url, redis_timeout_seconds=2.0,
+                         openai_api_url=url + "/v1", anthropic_api_url=url, admin_key=ADMIN_KEY,
+                         default_plan="requests=100/1d,output_tokens=1500/1d", window_clock=FakeClock())
+    with gw.client() as http, gw.admin() as admin:
+        assert served(chat(http, "hello", conv="c", max_tokens=5))[1:] == OA_MINI
+        both = [f"{OA_MINI[0]}/{OA_MINI[1]}:1", f"{AN_HAIKU[0]}/{AN_HAIKU[1]}:1"]
+        assert admin.put("/admin/api/tiers/simple", json={"entries": both}).status_code == 200
+        before, used = stored(gw, "c"), gw.quota_used()
+        mock.retired.add(OA_MINI[1])
+        sent = len(mock.log.all())
+        r = chat(http, "more", conv="c", max_tokens=1_000_000)
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["details"]["metric"] == "output_tokens"
+        assert len(mock.log.all()) == sent  # nothing sent
+        assert (stored(gw, "c"), gw.quota_used()) == (before, used)
+        assert served(chat(http, "some more", conv="c", max_tokens=1400))[1:] == AN_HAIKU
+        assert on(gw, "c") == AN_HAIKU
+    moved = [c["body"] for c in mock.log.all() if c["path"].endswith("messages")]
+    assert [body["max_tokens"] for body in moved] == [1400]

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from sentinel.domain.graders import is_model_grader
 from sentinel.domain.plans import MAX_LIMIT
 from sentinel.domain.text import is_text
 from sentinel.native._wire import is_number
@@ -273,10 +274,9 @@ def _typed(node: dict[str, Any], kinds: frozenset[str]) -> bool:
     return isinstance(kind, str) and kind in kinds
 
 
-# Eval run data sources the provider samples a model for (`data_source.model`), and graders that run
-# a model (`model`, nested graders too).
+# Eval run data sources the provider samples a model for (`data_source.model`); graders that run a
+# model (`model`, nested graders too) are `sentinel.domain.graders`'.
 SAMPLED_SOURCES = frozenset({"completions", "responses"})
-MODEL_GRADERS = frozenset({"label_model", "score_model"})
 # Where a call's body gives graders (any may be a model grader), by its `/v1` path's first two
 # segments, with the parameter named when one's model is refused: an eval's `testing_criteria`, a
 # reinforcement fine-tuning job's grader (`method.reinforcement.grader`: all of `method` is read), a
@@ -291,9 +291,8 @@ GRADERS = {
 def run_models(segments: Sequence[str], body: Any) -> list[tuple[str, Any]]:
     """(parameter, value) of every model a call's JSON body has the provider run besides a metered
     call's own `model` — `segments` are its `/v1` path's: an eval run's `data_source.model` (given, or
-    needed: a source of SAMPLED_SOURCES samples one), the `model` of every model grader (GRADERS: a
-    typed object whose type is one of MODEL_GRADERS, or that gives a `model`), and the model of every
-    tool either samples with (`tool_models` of its `sampling_params`). The value is as given (None
+    needed: a source of SAMPLED_SOURCES samples one), the `model` of every model grader (GRADERS:
+    `is_model_grader`), and the model of every tool either samples with (`tool_models` of its `sampling_params`). The value is as given (None
     when missing)."""
     if not isinstance(body, dict) or not segments:
         return []
@@ -306,7 +305,7 @@ def run_models(segments: Sequence[str], body: Any) -> list[tuple[str, Any]]:
     for prefix, (field, param) in GRADERS.items():
         graders = body.get(field) if tuple(segments[:len(prefix)]) == prefix else None
         for grader in _objects(graders) if isinstance(graders, dict | list) else ():
-            if _typed(grader, MODEL_GRADERS) or ("model" in grader and "type" in grader):
+            if is_model_grader(grader):
                 found.append((param, grader.get("model")))
             found += tool_models(grader.get("sampling_params"), f"{field}.sampling_params.")
     return found

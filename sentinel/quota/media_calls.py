@@ -44,6 +44,15 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
   is reserved (charged as input, with the text its answer shows as output, when it shows no usage).
   It reserved no token: a compaction of a 100,000-token conversation passed an input limit of
   1,000, and a burst of them passed any.
+- a grader run (`POST /v1/fine_tuning/alpha/graders/run`): each model grader in its `grader` (a
+  `multi` grader's nested ones too: `sentinel.domain.graders`) reads its own `input` messages (the
+  prompt templates) and `labels`, filled in from the run's `item` and `model_sample`: reserved as
+  input, for each model grader, the tokens of its text plus `item` and `model_sample` as text
+  (`item_text`: strings, keys and scalars; an image by its estimate), at most MAX_TOKENS; a grader
+  with no model (`string_check`, `text_similarity`, `python`, ...) reserves none. It is charged what
+  its answer's `metadata.token_usage` shows (`answers.final_usage`), and — without one — that
+  estimate as input (the graders' verdicts, a few tokens, uncounted). It reserved no token: a burst
+  of runs of a long `item` passed an input limit before the first settled.
 """
 
 from __future__ import annotations
@@ -54,10 +63,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sentinel.domain.graders import model_graders
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.errors import InvalidRequest
 from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
 from sentinel.quota.estimate import estimate_input
+from sentinel.quota.images import openai_image_rule
+from sentinel.quota.items import item_text
 from sentinel.quota.media import BYTES_PER_TOKEN
 from sentinel.quota.tokens import TokenCounter
 
@@ -94,6 +106,9 @@ VIDEOS = ("videos",)
 VIDEO_CALLS = frozenset({VIDEOS, ("videos", "edits"), ("videos", "extensions")})  # and `videos/{id}/remix`
 VECTOR_SEARCH = "search"  # `vector_stores/{id}/search`
 COMPACT = ("responses", "compact")  # a compaction of a Responses body (`COLLECTION_ACTIONS`)
+GRADER_RUN = ("fine_tuning", "alpha", "graders", "run")  # a grader run on its own (`/validate` runs none)
+# What a model grader reads of its own: its messages (prompt templates) and the labels it picks from.
+GRADER_TEXT = ("input", "labels")
 # The paths (below `/v1`) whose calls are media calls: a path a lenient server reads as one of these
 # (`/v1/Audio/Speech`, `/v1/images;x/generations`) is never pass-through (`sentinel.api.openai.SPELLED`),
 # or it would be charged as another call: one request, no token.
@@ -110,7 +125,7 @@ _CUE_END = re.compile(r"-->[ \t]*(?:([0-9]{1,6}):)?([0-9]{1,2}):([0-9]{2})[.,]([
 @dataclass(frozen=True)
 class MediaCall:
     """A pass-through media call whose answer may show no usage (see the module docstring): its kind
-    (`speech`, `images`, `transcript`, `video`, `search`, `compact`), the input and output tokens it reserves,
+    (`speech`, `images`, `transcript`, `video`, `search`, `compact`, `grader`), the input and output tokens it reserves,
     an image's, a video's model, size and seconds as the request named them (None: not named), and —
     a transcript — whether it was asked for with cues (`srt`, `vtt`: `CUED_FORMATS`) or as JSON."""
 
@@ -178,7 +193,36 @@ def media_call(
     if path == COMPACT:  # its body is a Responses request's: its input, as `/v1/responses` estimates it
         tokens = estimate_input(counter, "responses", model, dict(fields))
         return MediaCall("compact", input_tokens=min(MAX_TOKENS, tokens))
+    if path == GRADER_RUN:
+        return MediaCall("grader", input_tokens=grader_run_input(counter, fields))
     return None
+
+
+def grader_run_input(counter: TokenCounter, fields: Mapping[str, Any]) -> int:
+    """The input a grader run's body (`fields`) has its model graders read (see the module docstring):
+    for each model grader in its `grader`, its own text (GRADER_TEXT) and the run's `item` and
+    `model_sample` as text, counted by its model's tokenizer; at most MAX_TOKENS. 0 with none."""
+    given = {key: fields[key] for key in ("item", "model_sample") if key in fields}
+    read: dict[str, int] = {}  # what `item` and `model_sample` cost, by model (counted once each)
+    total = 0
+    for grader in model_graders(fields.get("grader")):
+        model = grader.get("model")
+        model = model if isinstance(model, str) else ""
+        if model not in read:
+            read[model] = _as_text(counter, model, given)
+        total += read[model] + _as_text(counter, model, {key: grader[key] for key in GRADER_TEXT if key in grader})
+        if total >= MAX_TOKENS:
+            return MAX_TOKENS
+    return total
+
+
+def _as_text(counter: TokenCounter, model: str, values: dict[str, Any]) -> int:
+    """`values` as a model reads JSON (`item_text`: its strings, keys included, and its scalars; an
+    image or a file part by its estimate under `model`'s image rule), in `model`'s tokens."""
+    if not values:
+        return 0
+    texts, counted = item_text(values, images=openai_image_rule(model))
+    return counted + counter.count_text("\n".join(texts), model)
 
 
 def read_once(segments: Sequence[str]) -> bool:
@@ -309,7 +353,7 @@ def media_charge(call: MediaCall, answer: Any, raw: bytes) -> tuple[int, int | N
         return 0, None, text
     if call.kind == "video":  # what it asked, and what the job shows for what it did not
         return 0, video_tokens(*_video_or(call.video, answer, creation=False)), ""
-    return 0, call.output_tokens, ""  # speech, a search's rewrite (its input): as reserved
+    return 0, call.output_tokens, ""  # speech, a search's rewrite, a grader run (its input): as reserved
 
 
 def unread_output(call: MediaCall | None, size: int, reserved: int) -> int:

@@ -15,7 +15,13 @@ import pytest
 
 from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
 from sentinel.quota.media import BYTES_PER_TOKEN
-from sentinel.quota.media_calls import MAX_VIDEO_SECONDS, image_tokens, speech_audio_tokens, video_tokens
+from sentinel.quota.media_calls import (
+    MAX_VIDEO_SECONDS,
+    grader_run_input,
+    image_tokens,
+    speech_audio_tokens,
+    video_tokens,
+)
 from sentinel.quota.tokens import TokenCounter
 from tests.api.conftest import Gateway
 from tests.support.attack import SpyUpstream, ledger_rows, openai_error, wait_for
@@ -479,3 +485,103 @@ def test_a_compaction_of_a_stored_response_is_reserved_the_context_it_reads(
     assert short.status_code == 200, short.text
     row = _row(gw)
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, 210, 40)
+
+
+LOG = "Log of the lighthouse keeper, day after day, the lamp trimmed at dusk and the glass wiped clean. " * 30
+
+
+def _graders(*kinds: str) -> dict[str, object]:
+    """A `multi` grader of a grader of each of `kinds` (a model grader reads its messages, filled in)."""
+    made: dict[str, object] = {}
+    for i, kind in enumerate(kinds):
+        if kind == "string_check":
+            made[f"g{i}"] = {"type": "string_check", "name": f"g{i}", "input": "{{sample.output_text}}",
+                             "reference": "{{item.answer}}", "operation": "eq"}
+        else:
+            made[f"g{i}"] = {"type": kind, "name": f"g{i}", "model": "gpt-4o-mini",
+                             "input": [{"role": "user", "content": "Does {{sample.output_text}} answer {{item.log}}?"}],
+                             **({"labels": ["yes", "no"], "passing_labels": ["yes"]} if kind == "label_model" else {})}
+    return {"type": "multi", "name": "m", "calculate_output": " + ".join(made), "graders": made}
+
+
+def _graded(prompt_tokens: int | None) -> dict[str, object]:
+    """A grader run's answer, its model graders' tokens in `metadata.token_usage` (none: left out)."""
+    metadata: dict[str, object] = {"name": "m", "type": "multi", "execution_time": 1.0, "scores": {},
+                                   "sampled_model_name": None, "errors": {}}
+    if prompt_tokens is not None:
+        metadata["token_usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": 9, "cached_tokens": 0,
+                                   "total_tokens": prompt_tokens + 9}
+    return {"reward": 1.0, "sub_rewards": {}, "metadata": metadata}
+
+
+def test_a_grader_run_is_reserved_what_its_model_graders_read_and_held_to_the_input_limit(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """`POST /v1/fine_tuning/alpha/graders/run` has each model grader read its messages filled in from
+    the run's `item` and `model_sample`: it reserved one request and no token, so a run far past the
+    plan's input limit was sent, and a burst of them passed any limit before the first settled. It
+    reserves, for each model grader (a `multi` grader's nested ones), its text and `item` and
+    `model_sample` as text: one that can never fit is refused before it is sent, one past what is
+    left waits for the window, and a refused run leaves nothing reserved."""
+    counter = TokenCounter()
+    body = {"grader": _graders("score_model", "label_model", "string_check"), "item": {"log": LOG},
+            "model_sample": LOG}
+    small = {"grader": _graders("score_model"), "item": {"log": "calm"}, "model_sample": "calm"}
+    tokens, few = grader_run_input(counter, body), grader_run_input(counter, small)
+    # each of the two model graders reads the item and the sample (the string check reads no model)
+    assert tokens > 4 * counter.count_text(LOG, "gpt-4o-mini") > 0 and tokens > 2 * few > 0
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/fine_tuning/*",
+                             default_plan=f"requests=100/1h,input_tokens={tokens + few}/1h")
+        upstream.json(_graded(tokens))
+        upstream.json(_graded(few))
+        with gw.client() as alice:
+            too_long = alice.post("/v1/fine_tuning/alpha/graders/run", json={**body, "model_sample": LOG * 3})
+            assert upstream.received == []  # never sent
+            graded = alice.post("/v1/fine_tuning/alpha/graders/run", json=body)
+            again = alice.post("/v1/fine_tuning/alpha/graders/run", json=body)
+            assert len(upstream.received) == 1
+            # What is left (`few`) is left whole: the refused run reserved nothing.
+            fits = alice.post("/v1/fine_tuning/alpha/graders/run", json=small)
+    assert too_long.status_code == 429, too_long.text
+    error = openai_error(too_long.json())
+    assert error["code"] == "quota_exceeded" and "can never be admitted" in error["message"], error
+    assert "retry-after" not in too_long.headers
+    assert graded.status_code == 200, graded.text
+    assert again.status_code == 429, again.text
+    assert openai_error(again.json())["code"] == "quota_exceeded"
+    assert again.headers["retry-after"]
+    assert fits.status_code == 200, fits.text
+    assert len(upstream.received) == 2
+    assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    # charged what each answer's `metadata.token_usage` shows
+    assert sorted((r["status"], r["input_tokens"], r["output_tokens"]) for r in rows) == sorted(
+        [(200, tokens, 9), (200, few, 9)])
+
+
+def test_a_grader_run_whose_answer_shows_no_token_usage_is_charged_its_estimate(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A grader run whose answer shows no `metadata.token_usage` was charged one request and no token
+    however long what its model graders read: charged the input it reserved. A grader that runs no
+    model (`string_check`) reserves and is charged no token, under any input limit."""
+    counter = TokenCounter()
+    body = {"grader": _graders("score_model"), "item": {"log": LOG}, "model_sample": "the lamp"}
+    tokens = grader_run_input(counter, body)
+    assert tokens > counter.count_text(LOG, "gpt-4o-mini")
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/fine_tuning/*",
+                             default_plan=f"requests=100/1h,input_tokens={tokens}/1h")
+        upstream.json(_graded(None))
+        upstream.json(_graded(None))
+        client = gw.openai()
+        no_model = {"grader": _graders("string_check"), "item": {"answer": LOG}, "model_sample": LOG}
+        assert client.fine_tuning.alpha.graders.run(**no_model).reward == 1.0  # type: ignore[arg-type]
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 1)
+        assert client.fine_tuning.alpha.graders.run(**body).reward == 1.0  # type: ignore[arg-type]
+        assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = ledger_rows(gw.settings.database_url, "alice")
+    assert sorted((r["input_tokens"], r["output_tokens"]) for r in rows) == [(0, 0), (tokens, 0)]

@@ -52,6 +52,7 @@ log = logging.getLogger("sentinel.server")
 DEMO_USER = "demo-user"
 DEMO_KEY_NAME = "demo (sentinel serve)"
 STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE: a worker could not start (app, DB, bind)
+LISTEN_BACKLOG = 2048  # uvicorn.Config's default backlog, which its server listens with again
 _PR_SET_PDEATHSIG = 1
 
 
@@ -529,6 +530,11 @@ def _serve(settings: Settings, workers: int, sockets: list[socket.socket]) -> in
     if not mocked and not settings.end_user_secret:
         log.warning("SENTINEL_END_USER_SECRET is not set: providers are told each user as an unkeyed SHA-256 of "
                     "their id, which anyone who guesses an id can check (see README: What providers are told)")
+    # Listening before the lines below are printed: they promise a server, and a connection made
+    # while the app still starts waits in the backlog (uvicorn accepts it once started) instead of
+    # being refused — the curl line run the moment it was printed failed, silently under `-s`.
+    for sock in sockets:
+        sock.listen(LISTEN_BACKLOG)
     print(listening_line(settings), flush=True)
     base = local_url(settings)
     if demo_key:

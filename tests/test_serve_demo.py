@@ -90,6 +90,44 @@ def test_serve_prints_a_working_curl_line(tmp_path: Path) -> None:
     assert "MOCK upstream" in "".join(errors)
 
 
+def test_the_curl_line_works_the_moment_it_is_printed(tmp_path: Path) -> None:
+    """README: `serve.sh` prints a curl line "that works as printed". It was printed with the port
+    bound but not yet listening, before the app had started: the line run at once (pasted quickly,
+    or by a script reading it) was refused — with `-s`, silently. The port now listens before the
+    line is printed: a connection made then waits for the app instead of being refused."""
+    import socket
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_", "DATABASE_"))}
+    env.pop("SENTINEL_FORWARDED_ALLOW_IPS", None)
+    env["SENTINEL_PORT"] = str(port)
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel", "serve", "--host", "127.0.0.1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        curl = ""
+        for line in proc.stdout:  # ends when serve does: a start that never prints the line fails below
+            if line.startswith("Try: "):
+                curl = line.rstrip("\n")[5:]
+                break
+        assert curl, "sentinel serve printed no curl line"
+        with socket.create_connection(("127.0.0.1", port), timeout=30):  # refused before the fix
+            pass
+        key = re.search(r"sk-sentinel-[\w-]+", curl)
+        assert key is not None
+        if shutil.which("curl"):  # the line exactly as printed, through a shell, at once
+            out = subprocess.run(["sh", "-c", curl], capture_output=True, text=True, timeout=60).stdout
+        else:
+            body = re.search(r"-d '(.*)'$", curl)
+            assert body is not None
+            out = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", content=body.group(1),
+                             headers={"Authorization": f"Bearer {key.group(0)}",
+                                      "Content-Type": "application/json"}, timeout=60).text
+        assert '"choices"' in out and "Hello!" in out, out
+    finally:
+        stop(proc)
+
+
 def forwarded_for_is_the_clients_word(port: int) -> None:
     """With no SENTINEL_FORWARDED_ALLOW_IPS, a client writing a new X-Forwarded-For on each guess is
     still its socket's address to the failed-authentication throttle (30 a minute by default); and

@@ -203,7 +203,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     async def go(admin: Any) -> None:
         now = admin.clock()
-        print(f"{'KEY ID':<18} {'USER':<24} {'PREFIX':<22} {'NAME':<20} {'CREATED':<20} {'EXPIRES':<20} STATUS")
+        print(f"{'KEY ID':<18} {'USER':<24} {'PREFIX':<22} {'NAME':<24} {'CREATED':<20} {'EXPIRES':<20} STATUS")
         offset = 0
         while True:  # every key, a page at a time (never all of them in memory at once)
             rows = await admin.keys.list_keys(args.user, limit=KEYS_PAGE, offset=offset)
@@ -211,7 +211,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                 created = k.created_at.strftime("%Y-%m-%d %H:%M:%S")
                 expires = "never" if k.expires_at is None else k.expires_at.strftime("%Y-%m-%d %H:%M:%S")
                 # A row an earlier version (or another writer) left with a terminal escape reads as text.
-                print(f"{k.id:<18} {printable(k.external_id):<24} {k.prefix:<22} {printable(k.name or ''):<20} "
+                print(f"{k.id:<18} {printable(k.external_id):<24} {k.prefix:<22} {printable(k.name or ''):<24} "
                       f"{created:<20} {expires:<20} {k.status(now)}")
             if len(rows) < KEYS_PAGE:
                 break

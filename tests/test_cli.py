@@ -1010,3 +1010,17 @@ def test_a_limit_past_the_largest_is_one_line_naming_the_bound(tmp_path: Path) -
         assert len(lines) == 1 and "a whole number from 0 to 1,000,000,000,000,000" in lines[0], result.stderr
         assert len(lines[0]) < 300, lines[0]  # (not the 5,000 digits back)
     assert "huge" not in run(["plans", "list"], env).stdout
+
+
+def test_keys_list_keeps_the_demo_keys_row_in_its_columns(tmp_path: Path) -> None:
+    """The first key a new user lists is the demo key, named `demo (sentinel serve)` (21 characters):
+    its name overflowed the 20-character NAME column and pushed the rest of its row out of line."""
+    from sentinel.server import DEMO_KEY_NAME
+
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
+    assert run(["keys", "create", "demo-user", "--name", DEMO_KEY_NAME], env).returncode == 0
+    listed = run(["keys", "list"], env).stdout.splitlines()
+    header, row = listed[0], next(line for line in listed[1:] if DEMO_KEY_NAME in line)
+    for column in ("CREATED", "EXPIRES", "STATUS"):
+        at = header.index(column)
+        assert row[at - 1] == " " and row[at] != " ", (column, header, row)

@@ -69,7 +69,7 @@ from sentinel.quota.outbox import DurableOutbox, LedgerOutbox, RedisStreamOutbox
 from sentinel.quota.sink import UsageSink
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import CatalogueError, ModelCatalogue, default_models
-from sentinel.routing.health import ProviderHealth
+from sentinel.routing.health import READ_REUSE_SECONDS, ProviderHealth
 from sentinel.routing.model_routes import ModelRoutes
 from sentinel.routing.router import TierRouter
 from sentinel.routing.selection import WeightedSelector
@@ -451,7 +451,7 @@ async def build_runtime(
                             body_limit=body_limit)
         for name, spec in catalog.providers.items()
     }
-    health = ProviderHealth(store, metrics)
+    health = ProviderHealth(store, metrics, reuse_seconds=READ_REUSE_SECONDS)
     router = TierRouter(
         tiers=governance.tiers, providers=list(chat_providers), health=health,
         sessions=SessionStore(store, s.session_ttl_seconds, metrics=metrics), selector=WeightedSelector(),

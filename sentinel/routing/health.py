@@ -69,6 +69,16 @@ once), the `/v1` surfaces' alias targets (`ModelRoutes.order`) — so that no re
 mark expires the pair is drawn again, and marked again if it still answers so. A tier or alias
 whose every candidate is marked is served as before (the request goes to them, and their 404 is
 answered as it was).
+
+A process reuses the entries it read for routing (`standing`) for READ_REUSE_SECONDS (1 s), so a
+native request or a `/v1` alias call makes no store round trip for them while one was made within
+the second (on Redis, a native request's third round trip beside the reservation and the
+settlement). Each entry holds its own times (a backoff's end, a trial claim's end), read against
+the clock at every use: what the reuse delays is only another replica's write, seen up to a second
+later (a pair it put in backoff still gets this process's requests that second; their failures are
+this process's own). Every write this process makes (a failure, a success, a trial claimed or
+released, a retired mark) drops what it read, so its own verdicts count at once; a trial's claim is
+atomic in the store whatever was read. Reading when the store is down (all healthy) is not kept.
 """
 
 from __future__ import annotations
@@ -98,6 +108,8 @@ MAX_BACKOFF = 300.0
 TRIAL_SECONDS = 30.0  # how long a trial claim keeps other trials away when its request never reports
 RETIRED_SECONDS = 3600.0  # how long a model its provider answered as retired is left out (module docstring)
 WITNESS_SECONDS = 60.0  # how long one user's client-causable failure waits for another user's (module docstring)
+READ_REUSE_SECONDS = 1.0  # how long a process reuses the entries it read for routing (module docstring)
+_MAX_READS_KEPT = 256  # distinct lists of pairs read (tiers, aliases: the configuration bounds them)
 
 T = TypeVar("T")
 
@@ -401,10 +413,18 @@ def phase(state: HealthState | None, now: float) -> str:
 class ProviderHealth:
     """Backoff bookkeeping for (provider, model) pairs."""
 
-    def __init__(self, store: Store, metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
+        *, reuse_seconds: float = 0.0,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        # `standing`'s reads by their pairs: (when read, the raw entries), reused for `reuse_seconds`
+        # (READ_REUSE_SECONDS as `serve` wires it; 0: every call reads the store).
+        self.reuse_seconds = reuse_seconds
+        self._reads: dict[tuple[tuple[str, str], ...], tuple[float, list[bytes | None]]] = {}
+        self._writes = 0  # `forget_reads` calls so far: a read begun before one is not kept
         # Written when first met, then once a minute with the count: an unreadable entry, a store outage.
         self._repeated = Repeated(log)
 
@@ -437,18 +457,36 @@ class ProviderHealth:
         `{providers}` hash tag); all healthy and none retired when the store is down."""
         if not pairs:
             return {}, set()
-        keys = [self.key(p, m) for p, m in pairs] + [self.retired_key(p, m) for p, m in pairs]
-        try:
-            raws = await self.store.run(MGET, keys, [])
-        except StoreUnavailable:
-            return {pair: None for pair in pairs}, set()
+        read = tuple(pairs)
+        kept = self._reads.get(read) if self.reuse_seconds > 0 else None
+        if kept is not None and 0 <= self.clock() - kept[0] < self.reuse_seconds:
+            raws = kept[1]
+        else:
+            keys = [self.key(p, m) for p, m in pairs] + [self.retired_key(p, m) for p, m in pairs]
+            read_at, writes = self.clock(), self._writes
+            try:
+                raws = await self.store.run(MGET, keys, [])
+            except StoreUnavailable:
+                return {pair: None for pair in pairs}, set()
+            if self.reuse_seconds > 0 and writes == self._writes:
+                if len(self._reads) >= _MAX_READS_KEPT:
+                    self._reads.clear()
+                self._reads[read] = (read_at, raws)
         marks = raws[len(pairs):]
         return self._states(pairs, raws[:len(pairs)]), {
             pair for pair, mark in zip(pairs, marks, strict=True) if mark is not None}
 
+    def forget_reads(self) -> None:
+        """Drop the entries read for routing (module docstring): the next `standing` reads the store.
+        Every write of this process calls it; so does whoever knows the store changed otherwise. A
+        read still under way is not kept either."""
+        self._writes += 1
+        self._reads.clear()
+
     async def mark_retired(self, provider: str, model: str) -> None:
         """The provider answered 404 that it no longer serves the model (`ModelRetired`): leave the
         pair out of tier selection for RETIRED_SECONDS (module docstring). Never raises."""
+        self.forget_reads()
         try:
             await self.store.set(self.retired_key(provider, model), b"1", ttl=RETIRED_SECONDS)
         except StoreUnavailable:
@@ -485,6 +523,7 @@ class ProviderHealth:
         replica: the script reads and writes atomically. A claim found under `token` is this call's
         (a second run of it: redis-py's cluster client sends it again after a lost reply): True."""
         token = token or uuid.uuid4().hex
+        self.forget_reads()
         try:
             won = await self.store.run(
                 CLAIM_TRIAL, [self.key(provider, model)], [self.clock(), TRIAL_SECONDS, token])
@@ -499,6 +538,7 @@ class ProviderHealth:
         was sent, sent elsewhere, or ended with neither a success nor a provider failure), so that
         the next request is a trial at once. Leaves the entry as it is when the claim is no longer
         that one. Never raises."""
+        self.forget_reads()
         try:
             await self.store.run(RELEASE_TRIAL, [self.key(provider, model)], [token])
         except StoreUnavailable:
@@ -521,6 +561,7 @@ class ProviderHealth:
             return None
         asked = "" if retry_after is None or not retry_after >= 0 else repr(min(float(retry_after), MAX_BACKOFF))
         soft = "1" if caller is not None else ""  # witnessed, yet a client's content may still be the cause
+        self.forget_reads()
         try:
             backoff = float(
                 await self.store.run(
@@ -547,6 +588,7 @@ class ProviderHealth:
             return False
 
     async def record_success(self, provider: str, model: str) -> None:
+        self.forget_reads()
         try:
             await self.store.delete(self.key(provider, model))
         except StoreUnavailable:

@@ -52,6 +52,9 @@ class MemoryOutbox:
         self._waiting: list[tuple[float, UsageRecord]] = []  # (not before, record)
         self._held: dict[str, Batch] = {}
         self._tries: dict[str, int] = {}  # request id -> times the sink refused it (`refused_wait`)
+        # Ids of waiting records a durable outbox is being asked to store (`DurableOutbox._rescue`):
+        # never claimed meanwhile, or one sent from here would be sent again from where it was stored.
+        self.storing: set[int] = set()
 
     @property
     def records(self) -> list[UsageRecord]:
@@ -66,9 +69,10 @@ class MemoryOutbox:
 
     def due(self, *, everything: bool = False) -> list[UsageRecord]:
         """The waiting records that may be stored or batched now (`everything`: those waiting for a
-        later retry too), left in place: `discard` them once they are stored elsewhere."""
+        later retry too), left in place: `discard` them once they are stored elsewhere. Not those
+        being stored now (`storing`)."""
         now = float("inf") if everything else self.clock()
-        return [record for at, record in self._waiting if at <= now]
+        return [record for at, record in self._waiting if at <= now and id(record) not in self.storing]
 
     def discard(self, records: list[UsageRecord]) -> None:
         """Forget waiting records (stored elsewhere now), in one pass."""
@@ -83,7 +87,8 @@ class MemoryOutbox:
 
     async def claim(self, limit: int) -> Batch | None:
         now = self.clock()
-        chosen = [n for n, (at, _) in enumerate(self._waiting) if at <= now][: max(limit, 0)]
+        chosen = [n for n, (at, r) in enumerate(self._waiting) if at <= now and id(r) not in self.storing]
+        chosen = chosen[: max(limit, 0)]
         if not chosen:
             return None
         records = [self._waiting[n][1] for n in chosen]
@@ -183,7 +188,6 @@ class DurableOutbox:
         self._repeated = Repeated(log)  # an outage's line: once a minute, not once a record
         self._turn = 0
         self._was_full = False
-        self._rescuing: set[int] = set()  # ids of the records memory holds whose rescue is under way
 
     @property
     def parts(self) -> list[OutboxBackend]:
@@ -262,7 +266,7 @@ class DurableOutbox:
         outbox for one of them ends the attempt until the next. Batches being delivered from memory
         stay where they are; `everything`: records waiting for a later retry too. `between` is
         awaited before each group (the deliverer keeps the lease of the batch it holds)."""
-        due = [r for r in self.memory.due(everything=everything) if id(r) not in self._rescuing]
+        due = self.memory.due(everything=everything)
         stored: list[UsageRecord] = []  # left memory in one pass at the end (a pass per group: O(n²))
         try:
             for start in range(0, len(due), RESCUE_AT_ONCE):
@@ -282,7 +286,7 @@ class DurableOutbox:
         it is stored (a group commit is not cut), and until then no other rescue stores it again
         (twice in the stream, it was delivered twice)."""
         tasks = [asyncio.ensure_future(self._store_orphan(record)) for record in records]
-        self._rescuing.update(id(record) for record in records)
+        self.memory.storing.update(id(record) for record in records)
         done: list[UsageRecord] = []
         try:
             await asyncio.wait(tasks)
@@ -291,7 +295,7 @@ class DurableOutbox:
                 if not task.done():
                     task.add_done_callback(functools.partial(self._rescued_late, record))
                     continue
-                self._rescuing.discard(id(record))
+                self.memory.storing.discard(id(record))
                 if not task.cancelled() and task.result():
                     done.append(record)
             stored += done
@@ -306,7 +310,7 @@ class DurableOutbox:
 
     def _rescued_late(self, record: UsageRecord, task: asyncio.Future[bool]) -> None:
         """A record whose write ended after its rescue was cancelled: out of memory if it was stored."""
-        self._rescuing.discard(id(record))
+        self.memory.storing.discard(id(record))
         if not task.cancelled() and task.exception() is None and task.result():
             self.memory.discard([record])
             self._counted()

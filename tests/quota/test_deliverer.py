@@ -558,6 +558,47 @@ async def test_a_rescue_cut_short_loses_no_record() -> None:
     assert sorted(part.items) == ["r1", "r2", "r3"] and sorted(part.puts) == ["r1", "r2", "r3"]
 
 
+async def test_a_record_whose_rescue_is_under_way_is_not_delivered_from_memory_too() -> None:
+    """A rescue cut short (a shutdown's drain timeout) leaves the writes it began running, their
+    records in memory until each ends; the drain's claim then took them from memory and sent them
+    under a new batch key while their writes still stored them in the outbox, from where they were
+    sent again: counted twice by Zion, whose increments carry no id. They are not claimed from memory
+    while their writes are under way."""
+
+    class SlowPart(OutboxPart):
+        def __init__(self) -> None:
+            super().__init__("sql")
+            self.gate = asyncio.Event()
+            self.waiting = False
+
+        async def put(self, record: UsageRecord) -> None:
+            self._check(self.down)
+            self.waiting = True
+            await self.gate.wait()
+            await super().put(record)
+
+    part = SlowPart()
+    outbox = DurableOutbox(part)  # type: ignore[arg-type]
+    sink = Sink()
+    deliverer = UsageDeliverer(outbox, sink, Metrics(), backoff=CountingBackoff(base=1, cap=30), clock=FakeClock())
+    part.down = True
+    for rid in ("r1", "r2"):
+        await outbox.put(usage_record(rid))
+    part.down = False
+    rescue = asyncio.ensure_future(outbox.rescue_orphans())
+    await until(lambda: part.waiting)
+    rescue.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rescue
+    assert await deliverer.deliver_once() == 0  # nothing claimed from memory: their writes go on
+    assert sink.delivered == [] and deliverer.held is None
+    part.gate.set()
+    await until(lambda: not outbox.orphans)
+    while await deliverer.deliver_once():
+        pass
+    assert sorted(sink.delivered) == ["r1", "r2"]
+
+
 async def test_a_record_no_outbox_takes_stays_in_memory_without_stopping_the_deliverer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -17,7 +17,9 @@ on the same connection, so it waits its turn like any other write and never hold
 
 Same file, same pragmas as the engine's connections (WAL, `synchronous=NORMAL`: a commit survives
 the process crashing). A batch refused on the loop wrote nothing (its transaction was rolled back)
-and is retried whole in the thread; the ledger's inserts ignore request ids already stored.
+and is retried whole in the thread; the ledger's inserts ignore request ids already stored. A value
+the database refuses (`REFUSED_VALUES`: a constraint, a value too big) is no outage: raised as it is,
+nothing written, never retried in the thread.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from sentinel.errors import GovernanceUnavailable
 log = logging.getLogger("sentinel.db")
 
 T = TypeVar("T")
+
+# What sqlite3 raises for a row's value (a NOT NULL or CHECK constraint, a value too big), not for an
+# outage: the caller may write the batch's other rows without it (`SqlLedgerSink`).
+REFUSED_VALUES = (sqlite3.IntegrityError, sqlite3.DataError)
 
 INLINE_MAX_ROWS = 64  # larger batches are written in the thread (the loop is not held for long)
 CHECKPOINT_EVERY = 256  # commits on the loop between two checkpoints in the thread
@@ -139,13 +145,16 @@ class SqliteWriter:
         """The batch committed on the loop's connection, or None when it has to go to the thread."""
         try:
             return self._transaction(self._connect_inline(), sql, rows)
+        except REFUSED_VALUES:
+            raise
         except sqlite3.Error as exc:
             log.debug("sqlite write handed to the writer thread: %s", exc)
             return None
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run `sql` for every row and commit, in one transaction; how many rows changed.
-        GovernanceUnavailable when the database cannot be written (nothing was)."""
+        GovernanceUnavailable when the database cannot be written (nothing was); one of
+        REFUSED_VALUES, as it is, when it refused a row's value (nothing was written either)."""
         if len(rows) <= INLINE_MAX_ROWS:
             changed = self._try_inline(sql, rows)
             if changed is not None:
@@ -154,6 +163,8 @@ class SqliteWriter:
                 return changed
         try:
             changed = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, sql, rows)
+        except REFUSED_VALUES:
+            raise
         except sqlite3.Error as exc:
             raise GovernanceUnavailable(f"database unavailable: {type(exc).__name__}") from None
         self.thread_commits += 1

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sentinel.db.engine import database_errors
 from sentinel.db.models import UsageLedgerRow, User
 from sentinel.db.queries import added_up, insert_ignoring, picked_once, sqlite_upsert_adding, summed
-from sentinel.db.sqlite_writer import SqliteWriter
+from sentinel.db.sqlite_writer import REFUSED_VALUES, SqliteWriter
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
 from sentinel.governance.rollups import TABLES, Rollup, apply_rollups, rollup_columns
@@ -72,9 +72,12 @@ def _record(row: Any) -> UsageRecord:
     return UsageRecord(*row)
 
 
+# Only a request id already recorded is skipped (`ON CONFLICT (request_id)`, as on PostgreSQL): `INSERT
+# OR IGNORE` skipped a row breaking any constraint (NOT NULL, CHECK) too, without a word, and the
+# deliverer settled the record as delivered — lost, where the ledger is to refuse it (`SqlLedgerSink`).
 _SQLITE_INSERT = (
-    f"INSERT OR IGNORE INTO usage_ledger ({', '.join(_COLUMNS)}, rolled_up) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)}, 0)"
+    f"INSERT INTO usage_ledger ({', '.join(_COLUMNS)}, rolled_up) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)}, 0) ON CONFLICT (request_id) DO NOTHING"
 )
 
 
@@ -391,7 +394,7 @@ class SqlLedgerSink:
             return []
         except ProgrammingError as exc:
             raise GovernanceUnavailable(f"the ledger cannot store usage: {type(exc).__name__}") from None
-        except (SQLAlchemyError, ValueError, OverflowError) as exc:  # SqliteWriter raises outages as such
+        except (SQLAlchemyError, ValueError, OverflowError, *REFUSED_VALUES) as exc:  # (SqliteWriter: outages as such)
             if len(records) == 1:
                 log.error("the ledger refused a usage record", extra={"request_id": records[0].request_id,
                                                                      "error": type(exc).__name__})

@@ -154,3 +154,49 @@ async def test_a_record_the_ledger_refuses_still_goes_to_the_outbox_table(tmp_pa
         assert durable.orphans == []
     finally:
         await engine.dispose()
+
+
+async def test_a_record_the_sqlite_ledger_refuses_is_kept_not_dropped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The embedded ledger's writer inserted with `INSERT OR IGNORE`, which skips a row breaking any
+    constraint (NOT NULL, CHECK), not only a request id already recorded: such a record (a bug's) was
+    dropped without a word and settled as delivered. It is refused now, as on PostgreSQL: the
+    others of its batch are recorded, and it stays in the outbox table."""
+    import dataclasses
+
+    from sqlalchemy import select
+
+    from sentinel.db.engine import create_engine, migrate, session_factory
+    from sentinel.db.models import UsageLedgerRow
+    from sentinel.db.sqlite_writer import INLINE_MAX_ROWS, SqliteWriter
+    from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/x.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    writer = SqliteWriter.for_url(url)
+    assert writer is not None
+    sessions = session_factory(engine)
+    sink = SqlLedgerSink(SqlLedger(sessions, writer))
+    durable = DurableOutbox(SqlOutbox(sessions), ledger=LedgerOutbox(sink))
+
+    def unstorable(request_id: str) -> UsageRecord:
+        record = dataclasses.replace(usage_record(request_id))
+        object.__setattr__(record, "external_id", None)  # NOT NULL in the ledger
+        return record
+
+    async def recorded() -> set[str]:
+        async with sessions() as session:
+            return set((await session.scalars(select(UsageLedgerRow.request_id))).all())
+
+    try:
+        assert await sink.deliver([unstorable("bad1"), usage_record("ok1")], "key") == ["bad1"]
+        many = [usage_record(f"m{n}") for n in range(INLINE_MAX_ROWS)]  # a batch for the writer's thread
+        assert await sink.deliver([*many, unstorable("bad3")], "key") == ["bad3"]
+        await asyncio.gather(durable.put(unstorable("bad2")), durable.put(usage_record("ok2")))
+        assert await recorded() == {"ok1", "ok2"} | {r.request_id for r in many}
+        batch = await durable.sql.claim(1000)
+        assert batch is not None and "bad2" in {c.record.request_id for c in batch.items}
+        assert durable.orphans == []
+    finally:
+        await writer.close()
+        await engine.dispose()

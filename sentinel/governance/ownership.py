@@ -45,6 +45,10 @@ _PREFIX = "sentinel:owner:"
 _BATCH_INPUT = "sentinel:batch-measured:"
 _UNMEASURED_BATCH_INPUT = "sentinel:batch-lines:"
 _UNWRITTEN_BATCH_INPUT = "sentinel:batch-input:"
+# A file uploaded as an eval's data (`purpose=evals`) whose every item Sentinel read for the objects
+# it names, all its uploader's (value: that owner): only such a file may be an eval run's data source
+# (an item a run makes a model's input names objects the provider reads).
+_EVAL_DATA = "sentinel:eval-data:"
 # The tokens a stored response (or a conversation, as of its last response) holds: a request that
 # continues it (`previous_response_id`, `conversation`) makes the provider read all of them again.
 _CONTEXT = "sentinel:context:"
@@ -643,8 +647,8 @@ class Ownership:
         # one by one: keys in different slots of a Cluster
         failed += _failures(await asyncio.gather(
             *(self.store.delete(prefix + object_id) for prefix in (
-                _BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _CONTEXT, _CHARGED, _FILE_FACTS,
-                _VIDEO_FACTS, _CUT_TURN, _CUT_TURNS)),
+                _BATCH_INPUT, _UNMEASURED_BATCH_INPUT, _UNWRITTEN_BATCH_INPUT, _EVAL_DATA, _CONTEXT, _CHARGED,
+                _FILE_FACTS, _VIDEO_FACTS, _CUT_TURN, _CUT_TURNS)),
             return_exceptions=True))
         if children_key is not None and not failed:  # (kept, with its end, for the children not ended)
             failed += _failures(await asyncio.gather(self.store.delete(children_key), return_exceptions=True))
@@ -946,6 +950,24 @@ class Ownership:
                 details={"param": "input_file_id"},
             )
         return estimate
+
+    async def vouch_eval_data(self, file_id: str, owner: str) -> None:
+        """Record that `owner` uploaded `file_id` as an eval's data file whose items Sentinel read
+        (`sentinel.services.objects.eval_data_references`: every object they name `owner`'s) — only
+        while `owner` owns it, as `vouch_batch_input`."""
+        if _keyable(file_id) and await self.owner_of(file_id) == owner:
+            await self.store.set(_EVAL_DATA + file_id, owner.encode())
+
+    async def require_eval_data(self, file_id: str, owner: str) -> None:
+        """InvalidRequest (400) unless `file_id` is `owner`'s eval data file, its items read at upload
+        (`vouch_eval_data`)."""
+        raw = await self.store.get(_EVAL_DATA + file_id) if _keyable(file_id) else None
+        if raw is None or raw.decode("utf-8", "replace") != owner:
+            raise InvalidRequest(
+                "An eval run's data file must be uploaded through POST /v1/files with purpose=evals (Sentinel reads "
+                "its items for the objects they name; a file uploaded otherwise, or through an earlier Sentinel, must "
+                "be uploaded again)", code="unchecked_eval_data", details={"param": "data_source.source.id"},
+            )
 
 
 async def _together(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:

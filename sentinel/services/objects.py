@@ -474,14 +474,24 @@ class Upload:
         exactly once — `file[]` or `file[0]` counted as a `file` (a reader that takes `image[]` as one
         of the files on `image`, as the provider does, takes them so: the one it stores need not be
         the one whose lines were read)."""
+        return self._file_for(b"batch", "A batch input upload")
+
+    def eval_file(self) -> int | None:
+        """The part holding the file when the upload is an eval's data file (`purpose` is `evals`: each
+        line an item, which a run may make a model's input), else None; MalformedUpload as `batch_file`."""
+        return self._file_for(b"evals", "An eval data upload")
+
+    def _file_for(self, purpose: bytes, upload: str) -> int | None:
+        """The part holding the file of an upload with `purpose` (`upload`: what it is, for the error),
+        None for another purpose (see `batch_file`)."""
         purposes = self.values("purpose")
         if len(purposes) > 1:
             raise MalformedUpload("An upload names its purpose once")
-        if not purposes or purposes[0].strip() != b"batch":
+        if not purposes or purposes[0].strip() != purpose:
             return None
         files = self.named("file".__eq__)
         if len(files) != 1:
-            raise MalformedUpload("A batch input upload holds exactly one file (`file[]` is a file too)")
+            raise MalformedUpload(f"{upload} holds exactly one file (`file[]` is a file too)")
         return files[0]
 
     def stored_file(self) -> int | None:
@@ -655,28 +665,11 @@ def read_batch_input(
     at most MAX_BATCH_TOKENS); measured, the objects whose context a line continues are counted
     too (`BatchInput.continues`: a line whose `url` is Responses', or one Sentinel does not know,
     which reserves as any endpoint would)."""
-    breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")  # as `splitlines` reads them
-    if breaks + (not content.endswith((b"\n", b"\r"))) > MAX_BATCH_LINES:
-        raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_LINES:,} lines")
-    if _containers(content, MAX_BATCH_CONTAINERS) > MAX_BATCH_CONTAINERS:
-        raise InvalidBatchInput(f"A batch input may hold at most {MAX_BATCH_CONTAINERS:,} JSON objects and arrays")
     found: dict[str, None] = {}
     written: list[bytes] = []
     requests = input_tokens = output_tokens = 0
     continues: dict[str, int] = {}
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if _containers(line, MAX_LINE_CONTAINERS) > MAX_LINE_CONTAINERS:
-            raise InvalidBatchInput(
-                f"Line {number} of the batch input holds more than {MAX_LINE_CONTAINERS:,} JSON objects and arrays"
-            )
-        try:
-            request = _batch_line(line)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is a repeated key
-            raise InvalidBatchInput(f"Line {number} of the batch input is not JSON Sentinel can read: {exc}") from None
-        if not isinstance(request, dict):
-            raise InvalidBatchInput(f"Line {number} of the batch input is not a JSON object")
+    for number, request in _jsonl_objects(content, "batch input"):
         body = request.get("body")
         given = body.get("model") if isinstance(body, dict) else None
         for param, model in [("body.model", given), *tool_models(body, "body.")]:
@@ -731,6 +724,60 @@ def read_batch_input(
     sent = content if rewrite is None else (
         b"\n".join(written) + (b"\n" if written and content.endswith((b"\n", b"\r")) else b""))
     return BatchInput(list(found), sent, requests, input_tokens, output_tokens, continues)
+
+
+def _jsonl_objects(content: bytes, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each line of a JSONL file (`what` it is, for the errors: "batch input") that is not blank, with
+    its number, read as `_batch_line` reads it: InvalidBatchInput when a line is not a JSON object so
+    read, or the file is larger than the caps above (lines, JSON objects and arrays in all and in one
+    line)."""
+    breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")  # as `splitlines` reads them
+    if breaks + (not content.endswith((b"\n", b"\r"))) > MAX_BATCH_LINES:
+        raise InvalidBatchInput(f"A {what} may hold at most {MAX_BATCH_LINES:,} lines")
+    if _containers(content, MAX_BATCH_CONTAINERS) > MAX_BATCH_CONTAINERS:
+        raise InvalidBatchInput(f"A {what} may hold at most {MAX_BATCH_CONTAINERS:,} JSON objects and arrays")
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if _containers(line, MAX_LINE_CONTAINERS) > MAX_LINE_CONTAINERS:
+            raise InvalidBatchInput(
+                f"Line {number} of the {what} holds more than {MAX_LINE_CONTAINERS:,} JSON objects and arrays"
+            )
+        try:
+            read = _batch_line(line)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is a repeated key
+            raise InvalidBatchInput(f"Line {number} of the {what} is not JSON Sentinel can read: {exc}") from None
+        if not isinstance(read, dict):
+            raise InvalidBatchInput(f"Line {number} of the {what} is not a JSON object")
+        yield number, read
+
+
+def eval_data_references(content: bytes, *, limit: int = MAX_REFERENCES) -> list[str]:
+    """The distinct object ids an eval's JSONL data file names (`Upload.eval_file`): each line an item,
+    read for ids as the items of a run's inline `file_content` source are (`referenced_ids`: a run
+    whose `input_messages` are an `item_reference` makes an item the model's input, an `input_file`'s
+    `file_id` in it read by the provider). InvalidBatchInput as a batch input's lines (`_jsonl_objects`);
+    TooManyReferences past `limit` distinct ids in all."""
+    found: dict[str, None] = {}
+    for _, item in _jsonl_objects(content, "data file of an eval"):
+        found.update(dict.fromkeys(referenced_ids(item, limit)))
+        if len(found) > limit:
+            raise TooManyReferences(f"An eval's data file may name at most {limit} objects")
+    return list(found)
+
+
+# Where an eval run names its data file: a `source` of this type (`{"type": "file_id", "id": ...}`).
+EVAL_DATA_SOURCE = "file_id"
+
+
+def eval_data_files(segments: Sequence[str], body: Any) -> list[str]:
+    """The files a call's JSON body on `segments` (its `/v1` path's) gives an eval run as its data
+    (any `{"type": "file_id", "id": ...}` in a body on an `evals` path): each must be one whose items
+    Sentinel read at upload (`eval_data_references`)."""
+    if not segments or segments[0] != "evals":
+        return []
+    return list(dict.fromkeys(node["id"] for node in _objects(body) if _named(node.get("type")) == EVAL_DATA_SOURCE
+                              and isinstance(node.get("id"), str) and node["id"]))
 
 
 def _written(request: dict[str, Any], number: int) -> bytes:

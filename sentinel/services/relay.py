@@ -75,6 +75,8 @@ from sentinel.services.objects import (
     classify,
     continued,
     conversation_item,
+    eval_data_files,
+    eval_data_references,
     eval_run_named,
     fine_tuned_models,
     is_fine_tuned,
@@ -314,6 +316,7 @@ class OpenAIRelay:
         as_json = False
         batch: BatchEstimate | None = None  # what a batch input uploaded, or the batch made, reserves
         stored: bytes | None = None  # a file uploaded through POST /v1/files: its content, as sent
+        eval_data = False  # ... as an eval's data file, its items read (`eval_data_references`)
         media: MediaCall | None = None  # a media call whose answer may show no usage: what it reserves
         creating = where.creates(method, segments)
         creates_batch = creating and where.collection == "batches"
@@ -321,7 +324,7 @@ class OpenAIRelay:
             forwarded = forwardable_headers(headers)
             if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
-            body, as_json, batch, stored, fields = await self._check_body(
+            body, as_json, batch, stored, fields, eval_data = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
                 creates_batch=creates_batch, uploads=upload_files(method, segments), segments=segments,
             )
@@ -401,6 +404,8 @@ class OpenAIRelay:
                 await self._vouch_batch_input(reply, identity, batch)
             if facts is not None:
                 await self._remember_file(reply, identity, facts)
+            if eval_data:
+                await self._vouch_eval_data(reply, identity)
         if media is not None and media.kind == "video" and isinstance(reply, Reply):
             await self._remember_video(reply, identity, media)
         if (where.collection or "", where.action or "") in ACTION_CREATED and isinstance(reply, Reply):
@@ -522,13 +527,16 @@ class OpenAIRelay:
     async def _check_body(
         self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,
         uploads: frozenset[str] | None, segments: Sequence[str],
-    ) -> tuple[bytes, bool, BatchEstimate | None, bytes | None, dict[str, Any]]:
+    ) -> tuple[bytes, bool, BatchEstimate | None, bytes | None, dict[str, Any], bool]:
         """Refuse a body naming another user's object. Returns (the body as it goes upstream, whether
         it is JSON — re-encoded from what was checked —, for the upload of a batch's input — whose
         every line was checked as a request of its own — what its lines reserve, or for a batch's
         creation what its input's do, — an upload to `POST /v1/files` — the file's content as it
         goes upstream: `Upload.stored_file`, and its fields: a JSON object's, an upload's as text —
-        the first of each name, files aside —, for what a media call reserves: `media_call`). The end user the client named — a JSON
+        the first of each name, files aside —, for what a media call reserves: `media_call`; and
+        whether it is the upload of an eval's data file whose every item was read for ids:
+        `eval_data_references`). An eval run may only read a data file checked so
+        (`eval_data_files`). The end user the client named — a JSON
         body's `user` or `safety_identifier`, an upload's field of that name — is the caller's
         pseudonym instead, and every line of a batch's input tells the provider the caller's pseudonym
         as the metered endpoint it runs would (`sentinel.native.end_user`): an upload goes with those
@@ -570,7 +578,7 @@ class OpenAIRelay:
                     raise InvalidRequest(f"An upload to this endpoint gives its `{name}` once: its charge is read from it",
                                          details={"param": name})
                 fields.setdefault(name, value.decode("utf-8", "replace"))
-            return upload_body, False, estimate, stored, fields
+            return upload_body, False, estimate, stored, fields, list(segments) == ["files"] and upload.eval_file() is not None
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
@@ -584,10 +592,12 @@ class OpenAIRelay:
             given = parsed.get("input_file_id") if isinstance(parsed, dict) else None
             estimate = await self._read_along(await self.ownership.require_batch_input(
                 given if isinstance(given, str) else "", identity.external_id))
+        for data_file in eval_data_files(segments, parsed):  # (each the caller's: `require` above)
+            await self.ownership.require_eval_data(data_file, identity.external_id)
         # An end user the client named (an image generation's `user`) is the caller's pseudonym.
         parsed = with_named_end_user(parsed, self.end_users.of(identity.external_id))
         sent = await off_loop(functools.partial(orjson.dumps, parsed), heavy)
-        return sent, True, estimate, None, parsed if isinstance(parsed, dict) else {}
+        return sent, True, estimate, None, parsed if isinstance(parsed, dict) else {}, False
 
     async def _read_along(self, estimate: BatchEstimate) -> BatchEstimate:
         """`estimate` with the context its lines have the provider read along added to its input: each
@@ -627,6 +637,9 @@ class OpenAIRelay:
                 values[batch_file] = read.content
                 estimate = BatchEstimate(read.requests, read.input_tokens, read.output_tokens,
                                          tuple(read.continues.items()))
+            eval_file = upload.eval_file() if stores else None
+            if eval_file is not None:  # each item a run may make a model's input: read as inline items are
+                ids += eval_data_references(upload.parts[eval_file][1])
             sent = upload.with_values(body, content_type, values)
             stored = upload.stored_file() if stores else None
         except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
@@ -775,6 +788,19 @@ class OpenAIRelay:
                 await self.ownership.vouch_batch_input(created["id"], identity.external_id, estimate)
             except StoreUnavailable:  # the file stays usable for everything but a batch
                 self.ownership.outage.warning("the store is unavailable: a checked batch input was not marked as such")
+
+    async def _vouch_eval_data(self, reply: Reply, identity: Identity) -> None:
+        """Mark the file an upload of an eval's data file created as such (its owner's only): its
+        items were read for the objects they name (`eval_data_references`)."""
+        try:
+            created = orjson.loads(reply.body) if reply.status < 300 else None
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(created, dict) and isinstance(created.get("id"), str):
+            try:
+                await self.ownership.vouch_eval_data(created["id"], identity.external_id)
+            except StoreUnavailable:  # the file stays usable for everything but an eval run
+                self.ownership.outage.warning("the store is unavailable: a checked eval data file was not marked as such")
 
     async def _remember_file(self, reply: Reply, identity: Identity, facts: FileFacts) -> None:
         """Keep what the estimate needs of the file an upload created (`facts`, `media.upload_facts`

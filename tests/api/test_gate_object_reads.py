@@ -91,6 +91,54 @@ def test_an_eval_over_its_own_items_still_goes_through(
     assert spy.paths() == ["/v1/evals"]
 
 
+def test_an_eval_reads_only_a_data_file_whose_items_are_its_owners(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
+) -> None:
+    """A run whose `input_messages` are an `item_reference` makes each item of its data file the model's
+    input, and the provider reads the objects an item names. A data file (JSONL, `purpose=evals`) was
+    never read: Bob's items named Alice's file (an `input_file`'s `file_id`) and his run had the model
+    read it. Such an upload is read item by item as a run's inline items are (404 naming another's
+    object, nothing sent), and a run reads only a data file checked so (400 `unchecked_eval_data`: one
+    uploaded with another purpose, or through the Uploads API; nothing sent)."""
+    gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=redis_url,
+                         passthrough="/v1/files,/v1/files/*,/v1/evals,/v1/evals/*")
+    alices = gw.openai().files.create(file=("salary.txt", b"alice's salary: 1,000,000"), purpose="user_data").id
+    bob = openai.OpenAI(base_url=gw.url + "/v1", api_key=asyncio.run(create_key(gw.settings.database_url, "bob"))[1],
+                        max_retries=0)
+    own = bob.files.create(file=("notes.txt", b"bob's notes"), purpose="user_data").id
+
+    def items(file_id: str) -> bytes:
+        item = {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": file_id},
+                                                       {"type": "input_text", "text": "Repeat the file"}]}]}
+        return orjson.dumps({"item": item}) + b"\n"
+
+    made = bob.evals.create(name="e", data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+                            testing_criteria=[])
+    spy.clear()
+    with pytest.raises(openai.NotFoundError):
+        bob.files.create(file=("items.jsonl", items(alices)), purpose="evals")
+    assert spy.seen == []
+    unread = bob.files.create(file=("items.jsonl", items(alices)), purpose="user_data").id  # (its content is Bob's own)
+    spy.clear()
+
+    def run(file_id: str) -> Any:
+        return bob.evals.runs.create(made.id, data_source={  # type: ignore[arg-type]
+            "type": "responses", "model": "gpt-4o-mini", "source": {"type": "file_id", "id": file_id},
+            "input_messages": {"type": "item_reference", "item_reference": "item.input"}})
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        run(unread)
+    assert refused.value.code == "unchecked_eval_data", refused.value
+    assert spy.seen == []
+    checked = bob.files.create(file=("items.jsonl", items(own)), purpose="evals").id
+    assert run(checked).status == "queued"
+    with pytest.raises(openai.NotFoundError):  # and Alice's checked data file stays hers
+        run(gw.openai().files.create(file=("items.jsonl", items(alices)), purpose="evals").id)
+    assert redis.Redis.from_url(redis_url).get(f"sentinel:eval-data:{checked}") == b"bob"
+    assert bob.files.delete(checked).deleted is True
+    assert redis.Redis.from_url(redis_url).get(f"sentinel:eval-data:{checked}") is None  # forgotten with the file
+
+
 def test_a_batch_runs_only_input_whose_every_line_was_checked(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream, redis_url: str
 ) -> None:
@@ -564,6 +612,7 @@ def test_an_eval_runs_only_a_model_the_gateway_offers(
     owners = redis.Redis.from_url(redis_url)
     owners.set("sentinel:owner:eval_1", "alice")
     owners.set("sentinel:owner:file-items", "alice")
+    owners.set("sentinel:eval-data:file-items", "alice")  # (uploaded as an eval's data: its items read)
     assert_only_the_offered_model_runs(gw, spy, path, body, fine, param)
 
 
@@ -621,6 +670,7 @@ def test_an_eval_run_through_the_sdk_names_a_catalogue_model(
     owners = redis.Redis.from_url(redis_url)
     owners.set("sentinel:owner:eval_1", "alice")
     owners.set("sentinel:owner:file-items", "alice")
+    owners.set("sentinel:eval-data:file-items", "alice")  # (uploaded as an eval's data: its items read)
     with pytest.raises(openai.BadRequestError, match="o1-pro"):
         gw.openai().evals.runs.create("eval_1", data_source=sampled("o1-pro")["data_source"])  # type: ignore[arg-type]
     assert spy.seen == []

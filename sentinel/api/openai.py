@@ -131,9 +131,11 @@ UNSEEN_SESSIONS = frozenset({"realtime", "chatkit", "live", "agents"})
 # Below these the provider keeps what the whole account shares, every user's alike: its organisation
 # and projects (members, keys, roles, every user's usage and costs), its webhook endpoints (every
 # event of the account sent where one says: a user adding one receives the others' answers), its vaults
-# of credentials. No object there is one user's, so none can be kept to its owner: opened only by a
-# pattern naming them too (`/v1/*` handed every user the account's shared settings and secrets).
-ACCOUNT_WIDE = frozenset({"organization", "projects", "webhook_endpoints", "webhook_event_types", "vaults"})
+# of credentials, its project's safety alerts and cases (each about a user's request: the model, the
+# response, a generated explanation of what it did; the end user flagged). No object there is one
+# user's, so none can be kept to its owner: opened only by a pattern naming them too (`/v1/*` handed
+# every user the account's shared settings and secrets, and any user's alert to whoever held its id).
+ACCOUNT_WIDE = frozenset({"organization", "projects", "webhook_endpoints", "webhook_event_types", "vaults", "safety"})
 BY_NAME_ONLY = UNSEEN_SESSIONS | ACCOUNT_WIDE
 
 

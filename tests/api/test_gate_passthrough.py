@@ -351,6 +351,8 @@ ACCOUNT_WIDE = [
     "/v1/vaults", "/v1/vaults/vlt_1", "/v1/webhook_endpoints", "/v1/webhook_endpoints/we_1", "/v1/webhook_event_types",
     "/v1/organization/usage/completions", "/v1/organization/admin_api_keys", "/v1/projects/proj_1/users",
     "/v1/Vaults", "/v1/webhook_endpoints;x",
+    # the project's safety alerts and cases: each about one user's request (its response, what it did)
+    "/v1/safety/alerts/sa_1", "/v1/safety/cases/sc_1", "/v1/Safety/alerts/sa_1",
 ]
 
 
@@ -360,7 +362,8 @@ def test_what_the_whole_provider_account_shares_is_opened_only_by_name(
     """`SENTINEL_PASSTHROUGH=/v1/*` handed every user what the provider account shares, every user's
     alike: its vaults of credentials, its webhook endpoints (a user adding one is sent every event of
     the account, the other users' answers too), its organisation and projects (keys, members, every
-    user's usage). No object there is one user's: only a pattern naming them opens them; under a
+    user's usage), its project's safety alerts (any user's, to whoever held the id). No object there is
+    one user's: only a pattern naming them opens them; under a
     broader one they are 404 `endpoint_not_supported`, nothing sent."""
     gw = start(gateway_factory, spy, passthrough="/v1/*")
     with gw.client() as alice:

@@ -704,11 +704,7 @@ def read_batch_input(
                     check_caps(name, body, "body.")
             except NativeValidationError as exc:
                 raise InvalidBatchInput(f"Line {number} of the batch input: {exc.message}") from None
-        ids = referenced_ids(request)
-        if not all(is_text(object_id) for object_id in ids):
-            raise InvalidBatchInput(f"Line {number} of the batch input names an object id that is not text "
-                                    "(a lone surrogate): no object has it")
-        found.update(dict.fromkeys(ids))
+        found.update(dict.fromkeys(_line_ids(request, number, "batch input")))
         if len(found) > limit:
             raise TooManyReferences(f"A batch input may name at most {limit} objects")
         if rewrite is not None:
@@ -759,11 +755,22 @@ def eval_data_references(content: bytes, *, limit: int = MAX_REFERENCES) -> list
     `file_id` in it read by the provider). InvalidBatchInput as a batch input's lines (`_jsonl_objects`);
     TooManyReferences past `limit` distinct ids in all."""
     found: dict[str, None] = {}
-    for _, item in _jsonl_objects(content, "data file of an eval"):
-        found.update(dict.fromkeys(referenced_ids(item, limit)))
+    for number, item in _jsonl_objects(content, "data file of an eval"):
+        found.update(dict.fromkeys(_line_ids(item, number, "data file of an eval", limit)))
         if len(found) > limit:
             raise TooManyReferences(f"An eval's data file may name at most {limit} objects")
     return list(found)
+
+
+def _line_ids(line: dict[str, Any], number: int, what: str, limit: int = MAX_REFERENCES) -> list[str]:
+    """The ids line `number` of a JSONL file (`what` it is) names (`referenced_ids`); InvalidBatchInput
+    for one that is not text (a lone surrogate, which the strict reader takes): no object has it, and
+    neither a store key nor the 404 naming it could hold it."""
+    ids = referenced_ids(line, limit)
+    if not all(is_text(object_id) for object_id in ids):
+        raise InvalidBatchInput(f"Line {number} of the {what} names an object id that is not text "
+                                "(a lone surrogate): no object has it")
+    return ids
 
 
 # Where an eval run names its data file: a `source` of this type (`{"type": "file_id", "id": ...}`).

@@ -536,19 +536,21 @@ def test_a_batch_input_given_as_file_and_file_brackets_is_refused(gateway_factor
     assert [(s.method, s.path) for s in spy.seen] == [("POST", "/v1/files")]
 
 
+@pytest.mark.parametrize("purpose", [b"batch", b"evals"])
 def test_a_batch_input_naming_an_id_with_a_lone_surrogate_is_refused_on_every_store(
-    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream, backend_url: str | None, purpose: bytes
 ) -> None:
     """The stdlib JSON reader that checks a batch line orjson refuses takes `"\\ud800"` (and its raw
     bytes): an id holding one reached the ownership check — on Redis a key that cannot be sent
     (UnicodeEncodeError), in memory a 404 whose message cannot be written as JSON — and a model named
     so a 400 that could not be written either: each upload was a 500. Such a line is now refused
-    (400), on either store, and nothing is sent (a lone surrogate in a prompt's text stays allowed)."""
+    (400), on either store, and nothing is sent (a lone surrogate in a prompt's text stays allowed) — and
+    so is an eval's data file naming one (its items are read for ids as a batch's lines are)."""
     gw = gateway_factory(openai_api_url=spy.url + "/v1", redis_url=backend_url, passthrough="/v1/files")
     form = {"Content-Type": "multipart/form-data; boundary=B"}
 
     def upload(line: bytes) -> bytes:
-        return (b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--B\r\nContent-Disposition: '
+        return (b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n' + purpose + b'\r\n--B\r\nContent-Disposition: '
                 b'form-data; name="file"; filename="in.jsonl"\r\n\r\n' + line + b"\r\n--B--\r\n")
 
     line = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "%s", '
@@ -556,8 +558,8 @@ def test_a_batch_input_naming_an_id_with_a_lone_surrogate_is_refused_on_every_st
     lines = [
         line % (b"gpt-4o-mini", b"file-\\ud800"),  # an escaped lone surrogate in a file id
         line % (b"gpt-4o-mini", "file-\ud800".encode("utf-8", "surrogatepass")),  # its bytes (not UTF-8)
-        line % (b"\\udfff", b"x"),  # in the model named
-    ]
+        line % (b"\\udfff", b"x"),  # in the model named (a batch's: an eval's data names none it runs)
+    ][: 3 if purpose == b"batch" else 2]
     with gw.client() as alice:
         spy.clear()
         answers = [alice.post("/v1/files", content=upload(line), headers=form) for line in lines]

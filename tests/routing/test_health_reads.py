@@ -26,11 +26,13 @@ class CountingStore:
         self.store = store
         self.reads = 0
         self.hold: asyncio.Event | None = None
+        self.read = asyncio.Event()  # set once a read was made
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if script is MGET:
             self.reads += 1
             read = await self.store.run(script, keys, args)  # read now, answered when released
+            self.read.set()
             if self.hold is not None:
                 await self.hold.wait()
             return read
@@ -99,8 +101,7 @@ async def test_a_read_begun_before_a_write_is_not_kept(store: Store) -> None:
     health, counting = reusing(store, clock)
     counting.hold = asyncio.Event()
     reading = asyncio.create_task(health.standing(PAIRS))
-    while counting.reads == 0:
-        await asyncio.sleep(0)
+    await counting.read.wait()
     await health.record_failure(*PAIR)  # lands after the read was made, before it is answered
     counting.hold.set()
     assert (await reading)[0][PAIR] is None  # what the store held when read

@@ -14,7 +14,7 @@ A structured output (`output_config.format`, the beta's `output_format`: `{"type
 Anthropic checks them (`{"type": "ephemeral"}`, a `ttl` of "5m" or "1h"), so that a body is refused
 alike whichever target of an alias serves it —, so are citations of earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
 images inside tool results, a final assistant message used as a prefill, more than 4 stop
-sequences, ...) is a `NativeValidationError` naming the field as the client wrote it (`_as_written`).
+sequences, a `temperature` above Anthropic's 1, ...) is a `NativeValidationError` naming the field as the client wrote it (`_as_written`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sentinel.native._wire import is_number
+from sentinel.native.anthropic import ANTHROPIC_MAX_TEMPERATURE
 from sentinel.native.anthropic_checks import check_metadata
 from sentinel.native.errors import NativeValidationError, invalid
 from sentinel.native.model_request import ModelChatRequest
@@ -67,6 +69,11 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only
             raise invalid(key, f"this value cannot be translated to {target}")
     if "max_tokens" not in out and not count_only:
         raise invalid("max_tokens", "Field required")
+    if is_number(temperature := out.get("temperature")) and temperature > ANTHROPIC_MAX_TEMPERATURE:
+        # The Messages API's range, which a Claude target refuses past (OpenAI's reaches 2): an alias
+        # served or refused the same body by the target it drew, an OpenAI model alone sampled hotter
+        # than the client could ask any Claude model for.
+        raise invalid("temperature", f"must be from 0 to {ANTHROPIC_MAX_TEMPERATURE:g} (the Messages API's range)")
     origins: list[dict[str, str]] = []  # per unified message: its paths as the client wrote them
     out["messages"] = _system(payload.get("system"), origins) + _messages(payload.get("messages"), target, origins)
     stops = payload.get("stop_sequences")

@@ -830,6 +830,23 @@ def test_a_malformed_cache_mark_is_refused_for_gpt_as_claude_refuses_it(gateway_
     assert served.model == MINI  # (the plan's one request: the refusals above reserved none)
 
 
+def test_a_temperature_past_the_messages_apis_range_is_refused_for_gpt(gateway_factory: Callable[..., Gateway]) -> None:
+    """The Messages API's temperature is 0 to 1 (a Claude target refuses 1.5); translated for an
+    OpenAI model, whose range reaches 2, 1.5 was sent as written and served — an alias served or
+    refused the same body by the target it drew. It is a 400 naming `temperature` in Anthropic's
+    shape before anything is reserved; 1 is still served."""
+    gw = gateway_factory(default_plan="requests=1/1m")
+    claude = gw.anthropic()
+    ask = [{"role": "user", "content": "x"}]
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(model=MINI, max_tokens=5, messages=ask, extra_body={"temperature": 1.5})  # type: ignore[arg-type]
+    body = caught.value.response.json()
+    assert body["type"] == "error" and body["error"]["message"].startswith("temperature:"), body
+    served = claude.messages.create(model=MINI, max_tokens=5, messages=ask, extra_body={"temperature": 1})  # type: ignore[arg-type]
+    assert served.model == MINI  # (the plan's one request: the refusal reserved none)
+    assert upstream(gw, "/v1/chat/completions")["body"]["temperature"] == 1
+
+
 def test_count_tokens_for_gpt_refuses_what_messages_refuses(gateway_factory: Callable[..., Gateway]) -> None:
     """`/v1/messages/count_tokens` for a model on another wire format answered Sentinel's estimate for
     a body `/v1/messages` refuses for it (thinking, a malformed cache mark, a parameter that does not

@@ -4,7 +4,8 @@ The one place that decides it, used by the request middleware for every error it
 route table's 404/405 included) and for the response headers it adds:
 - `/v1/messages` and everything below it, and the legacy `/v1/complete` (never served: refused with
   404 pointing to `/v1/messages`), is Anthropic's surface: errors are
-  `{"type": "error", "error": {"type", "message"}, "request_id"}` with Anthropic's statuses and type
+  `{"type": "error", "error": {"type", "message"}, "request_id"}` (and `error.details.error_code` where
+  the refusal is one Anthropic names: `thread_unsupported_request`) with Anthropic's statuses and type
   names (`invalid_request_error` 400, `authentication_error` 401, `permission_error` 403,
   `not_found_error` 404, `request_too_large` 413, `rate_limit_error` 429, `api_error` 500/502,
   `timeout_error` 504, `overloaded_error` 529 — Sentinel's own 503s are sent as 529, as Anthropic
@@ -94,6 +95,9 @@ def anthropic_error(err: SentinelError, request_id: str | None) -> tuple[int, di
         # 404s and 413s too) is the type Anthropic gives the status
         kind = err.type
     body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": err.message}}
+    code = err.details.get("error_code") if err.details else None
+    if isinstance(code, str):  # Anthropic's own code for the cause, where its SDK reads it (`exc.error_code`)
+        body["error"]["details"] = {"error_code": code}
     if request_id:
         body["request_id"] = request_id
     return status, body

@@ -68,6 +68,8 @@ from sentinel.services.translated_chat import TranslatedChat
 
 RawHeaders = list[tuple[bytes, bytes]]
 JSON = [("content-type", "application/json")]
+# Anthropic's `error.details.error_code` for a request combining `thread` with what Threads do not support.
+THREAD_UNSUPPORTED = "thread_unsupported_request"
 
 
 def _invalid(exc: NativeValidationError) -> InvalidRequest:
@@ -96,9 +98,15 @@ def _check(payload: dict[str, Any], *, count_only: bool = False) -> None:
         )
     at = anthropic_object_reference(payload)
     if at in HELD_MESSAGES:
+        details: dict[str, Any] = {"param": at}
+        if at == "thread":
+            # Anthropic's code for a request Threads cannot serve: the anthropic SDK's thread helpers
+            # (its tool runner threads by default) then send the turn again without `thread`, the whole
+            # conversation — a 400 without it ended a runner's first turn.
+            details["error_code"] = THREAD_UNSUPPORTED
         raise InvalidRequest(
             f"{at}: messages the provider holds (a server-held thread, a previous message) cannot be named "
-            "through this gateway; send the conversation's messages", details={"param": at},
+            "through this gateway; send the conversation's messages", details=details,
         )
     if at is not None:
         raise InvalidRequest(

@@ -367,6 +367,33 @@ def test_messages_the_provider_holds_are_never_named(gateway_factory: Callable[.
         assert spy.paths() == ["/v1/messages"]
 
 
+@pytest.mark.parametrize("model", [HAIKU, "gpt-4o-mini"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_sdks_tool_runner_runs_unchanged(gateway_factory: Callable[..., Gateway], model: str, stream: bool) -> None:
+    """The SDK's tool runner threads its conversation by default (`thread: {"type": "create"}`), which
+    Sentinel refuses (above). Its 400 named no `error.details.error_code`, so the runner raised on its
+    first turn, relayed or translated; with Anthropic's `thread_unsupported_request` the SDK sends the
+    turn again without `thread` (the whole conversation) and the loop runs — one request a turn, the
+    refused one reserving nothing — and a threaded call is the SDK's typed refusal."""
+    gw = gateway_factory(default_plan="requests=2/1d")
+    claude = gw.anthropic()
+
+    @anthropic.beta_tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        return f"found {q}"
+
+    runner = claude.beta.messages.tool_runner(model=model, max_tokens=50, tools=[lookup], messages=user("look it up"),
+                                              stream=stream)
+    turns = [turn.get_final_message() for turn in runner] if stream else list(runner)  # type: ignore[union-attr]
+    assert [turn.stop_reason for turn in turns] == ["tool_use", "end_turn"]
+    assert turns[-1].content[0].text.startswith("Result: found mock")  # type: ignore[union-attr]
+    assert len(gw.settled_rows(2)) == 2  # (the plan's two requests)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.beta.messages.create(model=model, max_tokens=5, messages=user("x"), thread={"type": "create"})
+    assert caught.value.error_code == "thread_unsupported_request"  # (past the plan's two: reserved nothing)
+
+
 def test_server_side_fallback_models_are_refused(gateway_factory: Callable[..., Gateway]) -> None:
     """Anthropic's server-side fallback (`fallbacks`) serves a request its model declines on the
     models the client names, each with its own `max_tokens`: relayed as sent, a caller offered only

@@ -10,8 +10,8 @@ Sentinel's pseudonym of the caller: `sentinel.native.end_user`), `tool_choice`
 `any`/`tool` are `required`/a named function and `disable_parallel_tool_use` turns parallel calls off.
 A structured output (`output_config.format`, the beta's `output_format`: `{"type": "json_schema",
 "schema": ...}`) is one (see `_output_schema`).
-`cache_control` marks are dropped (the other provider caches prompts by itself) — once checked as
-Anthropic checks them (`{"type": "ephemeral"}`, a `ttl` of "5m" or "1h"), so that a body is refused
+`cache_control` marks (a block's, a tool's, the body's own) are dropped (the other provider caches
+prompts by itself) — once checked as Anthropic checks them (`{"type": "ephemeral"}`, a `ttl` of "5m" or "1h"), so that a body is refused
 alike whichever target of an alias serves it —, so are citations of earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
 images inside tool results, a final assistant message used as a prefill, more than 4 stop
 sequences, a `temperature` above Anthropic's 1, ...) is a `NativeValidationError` naming the field as the client wrote it (`_as_written`).
@@ -61,7 +61,7 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only
     out: dict[str, Any] = {key: payload[key] for key in _KEPT if payload.get(key) is not None}
     for key, value in payload.items():
         if key in _KEPT or key in ("messages", "system", "stop_sequences", "tools", "tool_choice", "metadata",
-                                   "output_config", "output_format"):
+                                   "output_config", "output_format", "cache_control"):
             continue
         if key not in _NO_OPS:
             raise invalid(key, f"unknown parameter, or one that cannot be translated to {target}")
@@ -86,6 +86,7 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only
     if payload.get("tool_choice") is not None:
         _tool_choice(payload["tool_choice"], out)
     check_metadata(payload.get("metadata"))
+    _cache_mark("", payload)  # (the top-level mark, automatic caching: checked and dropped as a block's)
     schema = _output_schema(payload.get("output_config"), payload.get("output_format"), target)
     if schema is not None:
         out["output_schema"] = schema
@@ -200,15 +201,16 @@ _CACHE_TTLS = (None, "5m", "1h")
 
 
 def _cache_mark(at: str, holder: dict[str, Any]) -> None:
-    """A block's or a tool's `cache_control`, dropped by the translation, checked as Anthropic checks
-    it: a malformed one (`5`, `{"type": "persistent"}`, a `ttl` of "99h") was dropped unseen, served by
+    """A block's, a tool's or the body's own (`at` "": automatic caching) `cache_control`, dropped by
+    the translation, checked as Anthropic checks it: a malformed one (`5`, `{"type": "persistent"}`, a `ttl` of "99h") was dropped unseen, served by
     an OpenAI target where a Claude one refuses it."""
     mark = holder.get("cache_control")
     if mark is None:
         return
     if (not isinstance(mark, dict) or mark.get("type") != "ephemeral" or set(mark) - {"type", "ttl"}
             or mark.get("ttl") not in _CACHE_TTLS):
-        raise invalid(f"{at}.cache_control", 'must be {"type": "ephemeral"}, with an optional ttl of "5m" or "1h"')
+        raise invalid(f"{at}.cache_control" if at else "cache_control",
+                      'must be {"type": "ephemeral"}, with an optional ttl of "5m" or "1h"')
 
 
 def _messages(raw: Any, target: str, origins: list[dict[str, str]]) -> list[dict[str, Any]]:

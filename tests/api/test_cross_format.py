@@ -830,6 +830,24 @@ def test_a_malformed_cache_mark_is_refused_for_gpt_as_claude_refuses_it(gateway_
     assert served.model == MINI  # (the plan's one request: the refusals above reserved none)
 
 
+def test_the_bodys_own_cache_mark_is_dropped_for_gpt_as_a_blocks_is(gateway_factory: Callable[..., Gateway]) -> None:
+    """The body's own `cache_control` (automatic caching: the SDK's `messages.create(cache_control=...)`)
+    was a 400 "unknown parameter" for an OpenAI model while a block's mark is dropped: it steers Claude's
+    cache alone. It is checked as a block's (a malformed one a 400 naming `cache_control`, before
+    anything is reserved) and dropped, on messages and count_tokens."""
+    gw = gateway_factory(default_plan="requests=2/1d")
+    claude = gw.anthropic()
+    ask = [{"role": "user", "content": "x"}]
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(model=MINI, max_tokens=5, messages=ask,  # type: ignore[arg-type]
+                               cache_control={"type": "persistent"})  # type: ignore[typeddict-item]
+    assert caught.value.response.json()["error"]["message"].startswith("cache_control:")
+    mark = {"type": "ephemeral", "ttl": "1h"}
+    served = claude.messages.create(model=MINI, max_tokens=5, messages=ask, cache_control=mark)  # type: ignore[arg-type]
+    assert served.model == MINI and "cache_control" not in upstream(gw, "/v1/chat/completions")["body"]
+    assert claude.messages.count_tokens(model=MINI, messages=ask, cache_control=mark).input_tokens > 0  # type: ignore[arg-type]
+
+
 def test_a_temperature_past_the_messages_apis_range_is_refused_for_gpt(gateway_factory: Callable[..., Gateway]) -> None:
     """The Messages API's temperature is 0 to 1 (a Claude target refuses 1.5); translated for an
     OpenAI model, whose range reaches 2, 1.5 was sent as written and served — an alias served or

@@ -134,11 +134,16 @@ def _stop_sequences(stop: str | list[str]) -> list[str]:
     refused by Anthropic (400 "each stop sequence must contain non-whitespace"): a NativeValidationError
     here, so the request goes to a tier candidate that can carry it, or is refused before it is sent."""
     stops = [stop] if isinstance(stop, str) else list(stop)
-    for i, sequence in enumerate(stops):
-        if not sequence.strip():
-            param = "stop" if isinstance(stop, str) else f"stop.{i}"
-            raise invalid(param, "Anthropic does not accept a stop sequence of only whitespace")
+    if (i := blank_stop(stops)) is not None:
+        param = "stop" if isinstance(stop, str) else f"stop.{i}"
+        raise invalid(param, "Anthropic does not accept a stop sequence of only whitespace")
     return stops
+
+
+def blank_stop(stops: list[Any]) -> int | None:
+    """The index of the first stop sequence of only whitespace among `stops` (Anthropic refuses one:
+    400 "each stop sequence must contain non-whitespace"), or None."""
+    return next((i for i, sequence in enumerate(stops) if isinstance(sequence, str) and not sequence.strip()), None)
 
 
 def _tool(name: str, description: str | None, schema: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ A structured output (`output_config.format`, the beta's `output_format`: `{"type
 prompts by itself) — once checked as Anthropic checks them (`{"type": "ephemeral"}`, a `ttl` of "5m" or "1h"), so that a body is refused
 alike whichever target of an alias serves it —, so are citations of earlier answers. Anything else that cannot be carried over (`top_k`, thinking, documents, server tools,
 images inside tool results, a final assistant message used as a prefill, more than 4 stop
-sequences, a `temperature` above Anthropic's 1, ...) is a `NativeValidationError` naming the field as the client wrote it (`_as_written`).
+sequences, one of only whitespace, a `temperature` above Anthropic's 1, ...) is a `NativeValidationError` naming the field as the client wrote it (`_as_written`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sentinel.native._wire import is_number
-from sentinel.native.anthropic import ANTHROPIC_MAX_TEMPERATURE
+from sentinel.native.anthropic import ANTHROPIC_MAX_TEMPERATURE, blank_stop
 from sentinel.native.anthropic_checks import check_metadata
 from sentinel.native.errors import NativeValidationError, invalid
 from sentinel.native.model_request import ModelChatRequest
@@ -80,6 +80,8 @@ def parse_anthropic_messages(payload: dict[str, Any], *, target: str, count_only
     if stops:
         if not isinstance(stops, list) or len(stops) > MAX_STOP_SEQUENCES:
             raise invalid("stop_sequences", f"at most {MAX_STOP_SEQUENCES} stop sequences can be translated to {target}")
+        if (i := blank_stop(stops)) is not None:  # (a Claude target refuses it; OpenAI takes "\n")
+            raise invalid(f"stop_sequences.{i}", "must contain non-whitespace (the Messages API refuses one of only whitespace)")
         out["stop"] = stops
     if payload.get("tools") is not None:
         out["tools"] = _tools(payload["tools"], target)

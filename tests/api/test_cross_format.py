@@ -865,6 +865,21 @@ def test_a_temperature_past_the_messages_apis_range_is_refused_for_gpt(gateway_f
     assert upstream(gw, "/v1/chat/completions")["body"]["temperature"] == 1
 
 
+def test_a_stop_sequence_of_only_whitespace_is_refused_for_gpt(gateway_factory: Callable[..., Gateway]) -> None:
+    """The Messages API refuses a stop sequence of only whitespace (as the translation for Claude does an
+    OpenAI client's `"\\n"`); translated for an OpenAI model, which takes it, it was sent and served. It
+    is a 400 naming it in Anthropic's shape before anything is reserved; one with text is still sent."""
+    gw = gateway_factory(default_plan="requests=1/1d")
+    claude = gw.anthropic()
+    ask = [{"role": "user", "content": "x"}]
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(model=MINI, max_tokens=5, messages=ask, stop_sequences=["END", "\n"])
+    assert caught.value.response.json()["error"]["message"].startswith("stop_sequences.1:")
+    served = claude.messages.create(model=MINI, max_tokens=5, messages=ask, stop_sequences=["END", "\nEND"])
+    assert served.model == MINI  # (the plan's one request: the refusal reserved none)
+    assert upstream(gw, "/v1/chat/completions")["body"]["stop"] == ["END", "\nEND"]
+
+
 def test_count_tokens_for_gpt_refuses_what_messages_refuses(gateway_factory: Callable[..., Gateway]) -> None:
     """`/v1/messages/count_tokens` for a model on another wire format answered Sentinel's estimate for
     a body `/v1/messages` refuses for it (thinking, a malformed cache mark, a parameter that does not

@@ -15,8 +15,9 @@ script's request (`*/*`, JSON) gets those in Sentinel's JSON shape, and so does 
 A successful change redirects back (303); a refused one shows the form again with each message
 next to its field (400); a revocation whose cached identity the store could not drop answers 503
 with the user's page saying so and offering to send it again. Creating a key is the exception: its
-answer shows the key, once; the form carries a one-time nonce, so sending it again creates nothing
-and answers 409 (see `sentinel.api.console_once`).
+answer shows the key, once — alone, saying so, when the rest of the user's page cannot be read —; the
+form carries a one-time nonce, so sending it again creates nothing and answers 409 (see
+`sentinel.api.console_once`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sentinel.api.bodies import (
     refuse_unreadable_query,
     sign_in_deadline,
 )
-from sentinel.api.console_html import isolated, layout, message_page, shown_id, signin_page, spelled_id
+from sentinel.api.console_html import e, isolated, layout, message_page, shown_id, signin_page, spelled_id
 from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
@@ -54,6 +55,7 @@ from sentinel.errors import (
     PlanChangeIncomplete,
     RevocationIncomplete,
     SentinelError,
+    ServiceUnavailable,
     StoreUnavailable,
 )
 from sentinel.services.admin import Actor, AdminService
@@ -323,7 +325,13 @@ class ConsoleRoutes:
             await self.nonces.release(nonce)
             return await self._user_page(session, external_id, status=400, errors=field_errors(exc) or {"name": exc.message})
         await self.nonces.record(nonce, created[0])
-        return await self._user_page(session, external_id, new_key=created)
+        try:
+            return await self._user_page(session, external_id, new_key=created)
+        except ServiceUnavailable as exc:  # the key is issued: shown, whatever else the page could not read
+            said = (f'<p class="error" role="alert">The rest of this user\'s page could not be read ({e(exc.message)}): '
+                    f'<a href="{e(pages.user_href(external_id))}">open it again</a> once you have copied the key.</p>')
+            return self._page(f"User {spelled_id(external_id)}", pages.new_key_section(*created) + said, session,
+                              "/admin/users", heading=f"User {shown_id(external_id)}")
 
     async def revoke_key(self, request: Request) -> RawResponse:
         checked = await self._post(request)

@@ -225,6 +225,16 @@ def _earlier(external_id: str, earlier: EarlierPost) -> str:
             "</section>")
 
 
+def new_key_section(info: ApiKeyInfo, key: str) -> str:
+    """The key just created, shown this once, with its Copy button."""
+    expiry = "" if info.expires_at is None else f" It expires {when(info.expires_at)}."
+    return (
+        f'<section class="new-key" role="status"><h2>New key {e(info.prefix)}…</h2><p>Copy it now: it is shown '
+        f'only once.{expiry}</p><div class="copy"><input id="new-key" readonly value="{e(key)}" aria-label="New API key">'
+        '<button type="button" data-copy="#new-key">Copy</button></div></section>'
+    )
+
+
 def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan] | None, csrf: str | None, nonce: str,
               new_key: tuple[ApiKeyInfo, str] | None = None, errors: Mapping[str, str] | None = None,
               earlier: EarlierPost | None = None, incomplete: tuple[str, str] | None = None,
@@ -250,13 +260,7 @@ def user_page(external_id: str, detail: UserDetail | None, plans: Sequence[Plan]
     if "external_id" in errors:  # the id itself refused (a form for `alice `): no field of the page holds it
         parts.append(f"<p>{error_for(errors, 'external_id')}</p>")
     if new_key is not None:
-        info, key = new_key
-        expiry = "" if info.expires_at is None else f" It expires {when(info.expires_at)}."
-        parts.append(
-            f'<section class="new-key" role="status"><h2>New key {e(info.prefix)}…</h2><p>Copy it now: it is shown '
-            f'only once.{expiry}</p><div class="copy"><input id="new-key" readonly value="{e(key)}" aria-label="New API key">'
-            '<button type="button" data-copy="#new-key">Copy</button></div></section>'
-        )
+        parts.append(new_key_section(*new_key))
     if earlier is not None:
         parts.append(_earlier(external_id, earlier))
     if incomplete is not None:

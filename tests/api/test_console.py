@@ -15,7 +15,7 @@ import httpx
 import jwt
 import pytest
 
-from sentinel.errors import StoreUnavailable
+from sentinel.errors import GovernanceUnavailable, StoreUnavailable
 from tests.api.conftest import Gateway
 from tests.support.waiting import wait_for
 
@@ -137,6 +137,31 @@ def test_a_key_is_shown_once_then_only_its_prefix(console: Console) -> None:
         assert user.post("/v1/chat/completions", json=chat).status_code == 401
     audit = console.get("/admin/audit").text
     assert "key.revoke" in audit and "key.create" in audit and key.group(1) not in audit
+
+
+def test_a_key_is_shown_when_the_rest_of_its_users_page_cannot_be_read(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is created, then the user's page it is shown on reads the ledger (the reports' own two
+    connections, busy with an export): that read failing answered 503, the key created, active and
+    shown to no one — not even when the form is sent again (409, "not shown again")."""
+    gw = console.gw
+    action, nonce = console.key_form("/admin/users/erin")
+
+    async def unreadable(*args: object, **kwargs: object) -> object:
+        raise GovernanceUnavailable("usage reports unavailable (pool timeout)")
+
+    monkeypatch.setattr(gw.runtime.admin.reports.stats, "user_totals", unreadable)
+    page = console.post(action, {"name": "laptop", "email": "", "nonce": nonce})
+    monkeypatch.undo()
+    assert page.status_code == 200, page.text
+    key = _shown_key(page.text)
+    assert key is not None and "usage reports unavailable" in page.text
+    assert "<h1>User <bdi>erin</bdi></h1>" in page.text and 'name="csrf-token"' in page.text
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}) as user:
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+        assert user.post("/v1/chat/completions", json=chat).status_code == 200
+    assert len(_keys_of(gw, "erin")) == 1
 
 
 def test_a_revocation_the_store_did_not_hear_about_says_so_and_offers_to_send_it_again(

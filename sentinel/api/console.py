@@ -5,7 +5,8 @@ cookies and CSRF): `GET /admin` (overview, `?period=1h|24h|30d`), `/admin/users[
 `/admin/users/{id}` (`/admin/user?id=` for an id no path segment can hold), `/admin/plans`,
 `/admin/plans/{name}`, `/admin/audit`, `/admin/export.csv`, `/admin/assets/{name}`, the sign-in form, and the POST targets of the pages' forms. A page without
 a session redirects to the sign-in form; a form post without its CSRF token, or one a browser says
-a page of another site sent (`from_another_site`, as the sign-in form), is refused with 403.
+a page of another site sent (`from_another_site`, as the sign-in form), is refused with 403, and
+so is a page another site's page embeds or fetches (`embedded_by_another_site`), before it is read.
 Every other refusal a page or form target raises (an unknown plan or key, a post that is no form, a
 query parameter out of its rule) is an HTML page with its status and message (`_as_page`), as a
 browser shows it, not the admin API's JSON; so is, for a browser's request (one accepting
@@ -43,7 +44,7 @@ from sentinel.api.console_html import e, isolated, layout, message_page, shown_i
 from sentinel.api.console_once import KeyFormNonces
 from sentinel.api.docs import HTML_HEADERS
 from sentinel.api.docs_assets import DocsAssets
-from sentinel.api.docs_auth import from_another_site
+from sentinel.api.docs_auth import embedded_by_another_site, from_another_site
 from sentinel.api.responses import NOSNIFF, RawResponse, encode_headers
 from sentinel.api.throttle import address_of, client_of
 from sentinel.domain.numbers import parse_whole
@@ -231,6 +232,8 @@ class ConsoleRoutes:
         session = await self.gate.session_of(request.headers)
         if session is None:
             return _see_other("/admin/signin")
+        if embedded_by_another_site(request.headers):  # read nothing for it (a link followed from there opens)
+            return _html(403, message_page(self.css, "Refused", "Open this page from the console, or follow a link to it."))
         refuse_unreadable_query(request)
         result: RawResponse = await render(session)
         return result

@@ -81,6 +81,14 @@ def from_another_site(headers: Mapping[str, str]) -> bool:
     return headers.get("sec-fetch-site", "same-origin").strip().lower() not in ("same-origin", "none")
 
 
+def embedded_by_another_site(headers: Mapping[str, str]) -> bool:
+    """Whether the browser says (`from_another_site`, `Sec-Fetch-Dest`) that a page of another origin
+    made the request as anything but a navigation of a whole window (`document`): an image, a frame,
+    a script, a fetch. A sibling subdomain's page is `same-site`, so its requests carry a SameSite=Strict
+    cookie: an `<img>` of a console page had the operator who opened it run the page's reports."""
+    return from_another_site(headers) and headers.get("sec-fetch-dest", "document").strip().lower() != "document"
+
+
 def form_key(body: bytes) -> str | None:
     """The ``key`` field of an ``application/x-www-form-urlencoded`` body, None when missing."""
     try:

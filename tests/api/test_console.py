@@ -464,6 +464,34 @@ def test_a_form_another_site_sent_is_refused_even_with_its_token(console: Consol
     assert own.status_code == 303 and "/admin/plans/team" in console.get("/admin/plans").text
 
 
+@pytest.mark.parametrize("dest", ["image", "iframe", "script", "empty"])
+def test_a_page_another_site_embeds_is_refused_before_it_is_read(
+    console: Console, monkeypatch: pytest.MonkeyPatch, dest: str
+) -> None:
+    """A page of a sibling subdomain (`same-site`: its requests carry the SameSite=Strict cookie) that
+    embeds console addresses (`<img src=/admin/export.csv?since=3650d>`, an iframe, a fetch) had each
+    operator who opened it run whole-ledger reports, up to DATABASE_REPORT_TIMEOUT_SECONDS each on the
+    reports' two connections: the console's usage pages 503 meanwhile. Refused (403) before anything
+    is read; a link followed from there (a navigation: `document`) still opens the page."""
+    gw = console.gw
+    ran: list[object] = []
+
+    async def counted(*args: object) -> str:
+        ran.append(args)
+        return "external_id\r\n"
+
+    monkeypatch.setattr(gw.runtime.admin, "usage_csv", counted)
+    embedded = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": dest}
+    for path in ("/admin/export.csv?since=3650d", "/admin?period=30d", "/admin/users/alice"):
+        refused = console.get(path, headers=embedded)
+        assert refused.status_code == 403 and "console" in refused.text, (path, refused.status_code)
+    assert ran == []
+    followed = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    assert console.get("/admin/export.csv?since=3650d", headers=followed).status_code == 200 and len(ran) == 1
+    own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": dest}
+    assert console.get("/admin/export.csv?since=3650d", headers=own).status_code == 200 and len(ran) == 2
+
+
 def test_a_plan_change_not_in_force_names_its_users_as_every_page_does(
     gateway_factory: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch
 ) -> None:

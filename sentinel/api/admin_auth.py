@@ -16,7 +16,9 @@
 * **CSRF** (synchronizer token, stateless): every state-changing request made with the cookie must
   carry `csrf = HMAC-SHA256(key, "sentinel-admin-csrf|" + <session token>)`, as the `csrf` form
   field (console forms) or the `X-CSRF-Token` header (scripts in the page). Another site can
-  neither read the page's token nor compute it; a missing or wrong token is 403.
+  neither read the page's token nor compute it; a missing or wrong token is 403. A cookie request a
+  page of another site embeds or fetches (`embedded_by_another_site`: a sibling subdomain's page is
+  same-site, so the cookie goes with it) is 403 whatever its method: a read runs its reports.
 * Failed sign-ins and failed admin keys count in the app's `FailedAuthThrottle` (429 beyond it).
   A sign-in form a browser posted from another site is refused (403) and not counted
   (`sentinel.api.docs_auth.from_another_site`).
@@ -34,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sentinel.api.cookie_sessions import CookieSessions, key_digest
+from sentinel.api.docs_auth import embedded_by_another_site
 from sentinel.api.throttle import FailedAuthThrottle
 from sentinel.errors import AuthenticationError, PermissionDenied
 from sentinel.store import Store
@@ -91,6 +94,9 @@ class AdminGate(CookieSessions):
         session = await self.session_of(headers)
         if session is None:
             raise _unauthenticated("Sign in at /admin/signin, or send Authorization: Bearer <admin key>")
+        if embedded_by_another_site(headers):  # a sibling subdomain's `<img>`: its requests carry the cookie
+            raise PermissionDenied("A page of another site may not embed or fetch the admin API with the console's "
+                                   "session", code="cross_site_request")
         csrf = self.csrf_for(session)
         if method not in SAFE_METHODS and not self.csrf_matches(session, headers.get(CSRF_HEADER)):
             raise PermissionDenied("Missing or wrong CSRF token (X-CSRF-Token)", code="csrf_failed")

@@ -485,6 +485,8 @@ def test_a_page_another_site_embeds_is_refused_before_it_is_read(
     for path in ("/admin/export.csv?since=3650d", "/admin?period=30d", "/admin/users/alice"):
         refused = console.get(path, headers=embedded)
         assert refused.status_code == 403 and "console" in refused.text, (path, refused.status_code)
+    api = console.get("/admin/api/usage.csv?since=3650d", headers=embedded)  # the admin API on the cookie too
+    assert api.status_code == 403 and api.json()["error"]["code"] == "cross_site_request"
     assert ran == []
     followed = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     assert console.get("/admin/export.csv?since=3650d", headers=followed).status_code == 200 and len(ran) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sentinel.native._wire import MAX_COUNT, is_number
+from sentinel.native.advisor import check_advisor_tools
 from sentinel.native.errors import invalid
 from sentinel.native.openai_checks import MAX_MODEL_CHARS, check_stop
 from sentinel.native.types import MAX_MESSAGES_STOP_SEQUENCES
@@ -72,6 +73,7 @@ def check_messages_fields(payload: dict[str, Any], *, count_only: bool = False) 
         _blocks("system", system)
     if payload.get("tools") is not None and not _objects(payload["tools"]):
         raise invalid("tools", "must be an array of tool objects")
+    check_advisor_tools(payload)  # (its calls are reserved: `sentinel.native.advisor`)
     if payload.get("mcp_servers") is not None and not _objects(payload["mcp_servers"]):  # (each one reserved)
         raise invalid("mcp_servers", "must be an array of MCP server objects")
     for key in ("tool_choice", "thinking"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier, prompt_count
@@ -289,6 +291,24 @@ def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
             if isinstance(value := payload.get(key), int) and not isinstance(value, bool) and value > 0]
     cap = max(caps) if caps else 16 if endpoint == "completions" else default
     return min(cap * output_multiplier(endpoint, payload), MAX_RESERVED_OUTPUT)
+
+
+@dataclass(frozen=True, slots=True)
+class Rereads:
+    """Steps of another model a request may run that each read its whole prompt again and write up
+    to a cap (an Anthropic advisor tool's calls: `sentinel.native.advisor`): at most `uses` of them,
+    each writing up to `output` tokens (None: not known, the default output cap)."""
+
+    uses: int
+    output: int | None = None
+
+
+def rereads_reserved(rereads: Sequence[Rereads], estimate: int, default: int) -> tuple[int, int]:
+    """(input, output) `rereads` may add to a request whose input is estimated at `estimate`: each use
+    reads that input again and writes its cap (`default` when unknown); at most MAX_RESERVED_OUTPUT each."""
+    uses = sum(each.uses for each in rereads)
+    written = sum(each.uses * (default if each.output is None else each.output) for each in rereads)
+    return min(uses * estimate, MAX_RESERVED_OUTPUT), min(written, MAX_RESERVED_OUTPUT)
 
 
 # The endpoint a batch line's `url` runs, by the metered endpoint whose estimate it gets (a

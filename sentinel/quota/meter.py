@@ -51,10 +51,12 @@ from sentinel.providers.errors import REQUEST_TOO_LARGE, UnreadableAnswer
 from sentinel.quota.decision import Decision
 from sentinel.quota.estimate import (
     REFERENCE_TOKENS,
+    Rereads,
     estimate_batch_line,
     estimate_input,
     hides_output,
     max_output,
+    rereads_reserved,
 )
 from sentinel.quota.images import ImageRule
 from sentinel.quota.limiter import QuotaLimiter, Reservation
@@ -138,6 +140,11 @@ class Admission:
     estimate_input: int = 0
     max_output: int = 0
     requests: int = 1  # what it counts against a `requests` limit (a batch: one a line of its input)
+    # Reserved on top of `estimate_input` and `max_output` for the steps of another model the request
+    # may run (an advisor tool's calls: `estimate.Rereads`); reconciled with them to the real usage,
+    # never charged when there is none (the request's own estimate and cap are).
+    rereads_input: int = 0
+    rereads_output: int = 0
     # The request asked for reasoning the provider bills but does not show (Anthropic `thinking`,
     # OpenAI `reasoning_effort` / `reasoning`), or reaches a model that reasons unasked and did not
     # turn it off (`estimate.hides_output`: set again for each model tried): without the
@@ -164,7 +171,7 @@ class Meter(Protocol):
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
         size: int = 0, carried_input: int = 0, counted_as: str | None = None, images: ImageRule | None = None,
-        files: Files = NO_FILES,
+        files: Files = NO_FILES, rereads: Sequence[Rereads] = (),
     ) -> Admission: ...
 
     async def admit_call(
@@ -255,7 +262,7 @@ class QuotaMeter:
     async def admit(
         self, identity: Identity, *, endpoint: str, model: str, payload: dict[str, Any] | None, request_id: str,
         size: int = 0, carried_input: int = 0, counted_as: str | None = None, images: ImageRule | None = None,
-        files: Files = NO_FILES,
+        files: Files = NO_FILES, rereads: Sequence[Rereads] = (),
     ) -> Admission:
         """Reserve the request, its estimated input and its maximum output against every limit of the
         caller's plan; RateLimited (429) when one does not fit. `size` (the body's bytes) decides
@@ -265,7 +272,9 @@ class QuotaMeter:
         sent, when not `model` (see `Admission.counted_as`). `images`: the image rule of every model
         that may serve the request (`images.image_rule_for`: an alias's targets, a tier's
         candidates), else `counted_as`'s (Anthropic's on `/v1/messages`). `files`: what was read at
-        upload of the files the request names by id (`media.upload_facts`). ServiceUnavailable (503
+        upload of the files the request names by id (`media.upload_facts`). `rereads`: the steps of
+        another model it may run (an advisor tool's calls), each reserving the estimated input again
+        and its output cap (`estimate.rereads_reserved`). ServiceUnavailable (503
         `usage_unrecordable`) first, reserving nothing, while its usage could not be recorded."""
         self._recordable()
         body = payload or {}
@@ -283,6 +292,8 @@ class QuotaMeter:
             files=files, referenced=self.referenced,
         )
         admission.estimate_input = await count_off_loop(count, size) + carried_input
+        admission.rereads_input, admission.rereads_output = rereads_reserved(
+            rereads, admission.estimate_input, self.default_max_output)
         await self._reserve(admission, plan)
         self._count(admission)
         return admission
@@ -415,8 +426,9 @@ class QuotaMeter:
                 pass  # kept, sent again (it counts once); the reservation below applies the failure mode
         try:
             reservation = await limiter.reserve(subject, plan, requests=admission.requests,
-                                                input_tokens=admission.estimate_input,
-                                                output_tokens=admission.max_output, tokens_later=tokens_later,
+                                                input_tokens=admission.estimate_input + admission.rereads_input,
+                                                output_tokens=admission.max_output + admission.rereads_output,
+                                                tokens_later=tokens_later,
                                                 on_lost=self._give_back_lost)
         except StoreUnavailable:
             self.metrics.quota_store_failures.labels(self.failure_mode.value).inc()
@@ -429,8 +441,9 @@ class QuotaMeter:
                 return
             limiter = self.local_limiter
             reservation = await limiter.reserve(subject, plan, requests=admission.requests,
-                                                input_tokens=admission.estimate_input,
-                                                output_tokens=admission.max_output, tokens_later=tokens_later)
+                                                input_tokens=admission.estimate_input + admission.rereads_input,
+                                                output_tokens=admission.max_output + admission.rereads_output,
+                                                tokens_later=tokens_later)
         # (on either limiter: a hand-back `Unsettled` gave up on is queued again by the next request)
         self._hand_back_later()
         decision = reservation.decision

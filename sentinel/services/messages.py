@@ -33,6 +33,7 @@ from sentinel.domain.end_user import EndUsers
 from sentinel.domain.identity import Identity
 from sentinel.domain.usage import Usage
 from sentinel.errors import InvalidRequest, UpstreamError
+from sentinel.native.advisor import advisor_tools, with_advisor_uses
 from sentinel.native.anthropic_checks import check_messages_fields
 from sentinel.native.anthropic_inbound import parse_anthropic_messages
 from sentinel.native.end_user import with_anthropic_end_user
@@ -53,7 +54,7 @@ from sentinel.quota.anthropic_usage import (
     message_text,
     message_usage,
 )
-from sentinel.quota.estimate import estimate_input, hides_output
+from sentinel.quota.estimate import Rereads, estimate_input, hides_output
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.meter import Admission, Meter, ModelUsage
 from sentinel.quota.tokens import TokenCounter
@@ -139,6 +140,7 @@ class MessagesService:
         body run in a worker thread (`sentinel.offload`)."""
         heavy = large(body)
         targets = await off_loop(functools.partial(self._checked, payload), heavy)
+        payload = with_advisor_uses(payload)  # (sent as reserved: `sentinel.native.advisor`)
         parsed: dict[str, ModelChatRequest] = {}
 
         def parse(target: ModelTarget) -> ModelChatRequest:
@@ -151,6 +153,7 @@ class MessagesService:
                 identity, endpoint="messages", model=targets[0].name, payload=payload, request_id=ex.usage_id,
                 size=len(body), counted_as=targets[0].upstream_model,
                 images=image_rule_for((t.kind, t.upstream_model) for t in targets),  # any target may serve it
+                rereads=self._advisor_calls(payload, targets),
             )
         ex.headers.extend(admission.headers.items())
         served: list[ModelTarget] = []
@@ -325,6 +328,20 @@ class MessagesService:
         )
         report(ex, admission, parsed.get("model") if isinstance(parsed, dict) else None)
         return Reply(upstream.status, raw, relayable_headers(upstream.headers))
+
+    def _advisor_calls(self, payload: dict[str, Any], targets: tuple[ModelTarget, ...]) -> list[Rereads]:
+        """What each advisor tool may run (`sentinel.native.advisor`): its `max_uses` calls (written
+        by then), each writing its `max_tokens` — else the most the catalogue says its model may
+        write on any of `targets`' providers, else not known (the default output cap)."""
+        calls = []
+        for _, tool in advisor_tools(payload):
+            cap = tool.get("max_tokens")
+            if cap is None and isinstance(model := tool.get("model"), str):
+                caps = [self.catalogue.max_output(target.provider, found.upstream_model) for target in targets
+                        if (found := self.catalogue.on_provider(model, target.provider)) is not None]
+                cap = max((each for each in caps if each is not None), default=None)
+            calls.append(Rereads(tool["max_uses"], cap))
+        return calls
 
     def _within(
         self, target: ModelTarget, payload: dict[str, Any], steps: list[tuple[str, Usage]]

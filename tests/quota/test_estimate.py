@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from sentinel.quota.estimate import MAX_MCP_SERVERS, REFERENCE_TOKENS, estimate_input, max_output, references
+from sentinel.quota.estimate import (
+    MAX_MCP_SERVERS,
+    MAX_RESERVED_OUTPUT,
+    REFERENCE_TOKENS,
+    Rereads,
+    estimate_input,
+    max_output,
+    references,
+    rereads_reserved,
+)
 from sentinel.quota.images import OPENAI_MAX_IMAGE_TOKENS, ImageRule
 from tests.support.payloads import WEATHER_TOOL
 
@@ -315,3 +324,11 @@ def test_each_mcp_server_named_is_reserved_as_a_reference() -> None:
     assert with_mcp >= without + 2 * REFERENCE_TOKENS  # (and the mcp tools' own JSON)
     assert with_mcp < without + 2 * REFERENCE_TOKENS + 500
     assert references("chat", {"messages": [USER], "tools": tools}) == 0  # chat has no MCP tools
+
+
+def test_rereads_reserve_the_estimate_again_and_each_cap_per_use_within_range() -> None:
+    """An advisor tool's calls: each reads the estimated input again and writes its cap (the default
+    when unknown); the sums stay within MAX_RESERVED_OUTPUT whatever the figures."""
+    assert rereads_reserved([], 1_000, 4_096) == (0, 0)
+    assert rereads_reserved([Rereads(3, None), Rereads(2, 500)], 1_000, 4_096) == (5_000, 3 * 4_096 + 1_000)
+    assert rereads_reserved([Rereads(100, 10**12)], 10**12, 4_096) == (MAX_RESERVED_OUTPUT, MAX_RESERVED_OUTPUT)

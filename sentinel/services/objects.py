@@ -207,29 +207,81 @@ class TooManyReferences(ValueError):
     """A body names more than MAX_REFERENCES objects."""
 
 
+class MalformedReference(ValueError):
+    """A body gives an object's id where one is read (`referenced_ids`) as something other than a
+    string or null — a list, an object, a number, a boolean: no check reads it, and a lenient provider
+    (one coercing `["file-1"]` to `"file-1"`) would read another user's object. `param`: where."""
+
+    def __init__(self, param: str, value: Any) -> None:
+        kind = "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else (
+            "a boolean" if isinstance(value, bool) else "a number")
+        super().__init__(f"{param} must name an object by its id, a string (or null), not {kind}")
+        self.param, self.value = param, value
+
+    def within(self, prefix: str) -> MalformedReference:
+        """The same refusal, its parameter found in a value given at `prefix` (a form field's JSON)."""
+        return MalformedReference(f"{prefix}.{self.param}", self.value)
+
+
 def referenced_ids(body: Any, limit: int = MAX_REFERENCES, *, keys: frozenset[str] = REFERENCE_KEYS) -> list[str]:
     """Object ids a JSON body names under `keys` (REFERENCE_KEYS, or a path's `reference_keys`),
     anywhere in it. TooManyReferences when it names more than `limit`: every id named must be
-    checked, so none may be left unread."""
+    checked, so none may be left unread. MalformedReference when an id is given there as anything
+    but a string or null (`_unread`): an `id` of a typed reference, of an item, of an `audio` or a
+    `voice`, and what a reference key holds (a string, an object's `id`, or lists of them)."""
     found: list[str] = []
     for node in _objects(body):
         if _NAMING_KEYS.isdisjoint(node) and keys.isdisjoint(node):
             continue  # (most objects — a chat message — have no key an id is read under)
-        if _named(node.get("type")) in _BY_ID and isinstance(node.get("id"), str) and node["id"]:
-            found.append(node["id"])
+        if _named(node.get("type")) in _BY_ID:
+            _read_id(body, node, "id", node.get("id"), found)
         for listed in ITEM_LISTS:
             items = node.get(listed)
-            found += [item["id"] for item in items if isinstance(item, dict) and _named(item.get("type")) not in _BY_ID
-                      and isinstance(item.get("id"), str) and item["id"]] if isinstance(items, list) else []
+            for item in items if isinstance(items, list) else ():
+                if isinstance(item, dict) and _named(item.get("type")) not in _BY_ID:
+                    _read_id(body, item, "id", item.get("id"), found)
         for named in (node.get("audio"), node.get("voice")):
-            if isinstance(named, dict) and isinstance(named.get("id"), str) and named["id"]:
-                found.append(named["id"])
+            if isinstance(named, dict):
+                _read_id(body, named, "id", named.get("id"), found)
         for key, value in node.items():
             if key in keys:
-                found.extend(_ids(value))
+                for within, named_id in _named_values(value):
+                    _read_id(body, node, key + within, named_id, found)
         if len(found) > limit:
             raise TooManyReferences(f"A request may name at most {limit} objects")
     return found
+
+
+def _read_id(body: Any, node: dict[str, Any], key: str, value: Any, found: list[str]) -> None:
+    """Add `value`, given under `key` of `node` (an object in `body`) where an id is read, to `found`
+    when it is one (a string but empty); MalformedReference, naming where, unless it is a string or
+    null (`_unread`)."""
+    if isinstance(value, str):
+        if value:
+            found.append(value)
+    elif _unread(value):
+        where = _path_to(body, node)
+        raise MalformedReference(f"{where}.{key}" if where else key, value)
+
+
+def _unread(value: Any) -> bool:
+    """Whether `value`, given where an id is read, is one no check reads: neither a string nor null
+    (null names nothing, and is the API's absent id where it takes none)."""
+    return value is not None and not isinstance(value, str)
+
+
+def _path_to(body: Any, target: dict[str, Any]) -> str:
+    """The dotted parameter path of `target`, an object in `body` (`input.0`; "" for `body` itself):
+    walked again only to name it in a refusal."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        at, node = stack.pop()
+        if node is target:
+            return at
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack += [(f"{at}.{key}" if at else str(key), value) for key, value in items
+                  if isinstance(value, _CONTAINERS)]
+    return ""
 
 
 # The keys besides a body's reference keys that `referenced_ids` reads an id under (an object of
@@ -440,7 +492,11 @@ class Upload:
             if any(c in keys for c in components):
                 found.extend(_ids(value.decode("utf-8", "replace").strip()))
             elif _starts_as_json(value):
-                found.extend(referenced_ids(_json_field(value, text=name in TEXT_FIELDS and not is_file), limit, keys=keys))
+                try:
+                    found.extend(referenced_ids(_json_field(value, text=name in TEXT_FIELDS and not is_file), limit,
+                                                keys=keys))
+                except MalformedReference as exc:
+                    raise exc.within(name) from None
             if len(found) > limit:
                 raise TooManyReferences(f"A request may name at most {limit} objects")
         return found
@@ -765,8 +821,12 @@ def eval_data_references(content: bytes, *, limit: int = MAX_REFERENCES) -> list
 def _line_ids(line: dict[str, Any], number: int, what: str, limit: int = MAX_REFERENCES) -> list[str]:
     """The ids line `number` of a JSONL file (`what` it is) names (`referenced_ids`); InvalidBatchInput
     for one that is not text (a lone surrogate, which the strict reader takes): no object has it, and
-    neither a store key nor the 404 naming it could hold it."""
-    ids = referenced_ids(line, limit)
+    neither a store key nor the 404 naming it could hold it, nor for one given as anything but a string
+    or null (MalformedReference: its parameter named from the line's root, `body.…`)."""
+    try:
+        ids = referenced_ids(line, limit)
+    except MalformedReference as exc:
+        raise InvalidBatchInput(f"Line {number} of the {what}: {exc}") from None
     if not all(is_text(object_id) for object_id in ids):
         raise InvalidBatchInput(f"Line {number} of the {what} names an object id that is not text "
                                 "(a lone surrogate): no object has it")
@@ -1080,23 +1140,32 @@ def continued(payload: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def _ids(value: Any) -> list[str]:
-    """The ids a reference field's value names: a string, an object's `id`, and those of a list —
-    nested lists and objects in it too (`[["file-1"]]`, `[{"id": "vs_1"}]`: no provider takes
-    them, but a lenient reader would read the id, and none may go unchecked), walked without
-    recursion (a batch line may nest deeper than Python recurses)."""
-    if isinstance(value, str):
-        return [value] if value else []
+    """The ids a reference field's value names (`_named_values` that are strings, but empty)."""
+    return [named for _, named in _named_values(value) if isinstance(named, str) and named]
+
+
+def _named_values(value: Any) -> list[tuple[str, Any]]:
+    """What a reference field's value gives where an id goes, each with where in it (`.0.id`): itself
+    (but an object or a list), an object's `id` (when it has one), and those of a list — nested lists
+    and objects in it too (`[["file-1"]]`, `[{"id": "vs_1"}]`: no provider takes them, but a lenient
+    reader would read the id, and none may go unchecked) —, walked without recursion (a batch line may
+    nest deeper than Python recurses). Whatever their type: `referenced_ids` refuses one that is not
+    a string or null."""
     if isinstance(value, dict):
-        return [value["id"]] if isinstance(value.get("id"), str) else []
-    found: list[str] = []
-    stack = [value] if isinstance(value, list) else []
+        return [(".id", value["id"])] if "id" in value else []
+    if not isinstance(value, list):
+        return [("", value)]
+    found: list[tuple[str, Any]] = []
+    stack: list[tuple[str, list[Any]]] = [("", value)]
     while stack:
-        items = stack.pop()
-        for item in items:
+        at, items = stack.pop()
+        for i, item in enumerate(items):
             if isinstance(item, list):
-                stack.append(item)
-            elif isinstance(item, str | dict):
-                found += [named for named in _ids(item) if named]
+                stack.append((f"{at}.{i}", item))
+            elif isinstance(item, dict):
+                found += [(f"{at}.{i}.id", item["id"])] if "id" in item else []
+            else:
+                found.append((f"{at}.{i}", item))
     return found
 
 

@@ -67,6 +67,7 @@ from sentinel.services.objects import (
     REFERENCE_KEYS,
     InvalidBatchInput,
     Items,
+    MalformedReference,
     MalformedUpload,
     ObjectPath,
     TooManyReferences,
@@ -642,8 +643,8 @@ class OpenAIRelay:
                 ids += eval_data_references(upload.parts[eval_file][1])
             sent = upload.with_values(body, content_type, values)
             stored = upload.stored_file() if stores else None
-        except (MalformedUpload, TooManyReferences, InvalidBatchInput) as exc:
-            param = exc.param if isinstance(exc, MalformedUpload) else None
+        except (MalformedUpload, MalformedReference, TooManyReferences, InvalidBatchInput) as exc:
+            param = exc.param if isinstance(exc, MalformedUpload | MalformedReference) else None
             raise InvalidRequest(str(exc), details={"param": param} if param else None) from None
         content = None if stored is None else values.get(stored, upload.parts[stored][1])
         return upload, sent, ids, estimate, content
@@ -970,3 +971,5 @@ def _references(body: Any, keys: frozenset[str] = REFERENCE_KEYS) -> list[str]:
         return referenced_ids(body, keys=keys)
     except TooManyReferences as exc:
         raise InvalidRequest(str(exc)) from None
+    except MalformedReference as exc:
+        raise InvalidRequest(str(exc), details={"param": exc.param}) from None

@@ -19,6 +19,7 @@ from sentinel.services.objects import (
     InvalidBatchInput,
     Items,
     ItemScanner,
+    MalformedReference,
     MalformedUpload,
     TooManyReferences,
     Upload,
@@ -222,7 +223,13 @@ def test_a_video_edited_or_extended_is_a_reference_a_video_file_is_not() -> None
 
 def test_every_id_in_a_reference_field_is_read_at_any_depth() -> None:
     """Only a list's strings were read: `[["file-1"]]` and `[{"id": "vs_1"}]` went unchecked."""
-    assert sorted(referenced_ids({"file_ids": [["file-1"], [{"id": "file-2"}, 3, None, ""]]})) == ["file-1", "file-2"]
+    assert sorted(referenced_ids({"file_ids": [["file-1"], [{"id": "file-2"}, None, ""]]})) == ["file-1", "file-2"]
+    with pytest.raises(MalformedReference) as refused:  # an id no check reads: a number, a list in an `id`
+        referenced_ids({"file_ids": [["file-1"], [{"id": "file-2"}, 3]]})
+    assert refused.value.param == "file_ids.1.1"
+    with pytest.raises(MalformedReference) as refused:
+        referenced_ids({"tools": [{"container": {"id": ["cntr_1"]}}]})
+    assert refused.value.param == "tools.0.container.id"
     assert referenced_ids({"vector_store_ids": [{"id": "vs_1"}]}) == ["vs_1"]
     deep: list[object] = ["file-3"]
     for _ in range(100_000):

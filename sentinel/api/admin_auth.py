@@ -29,7 +29,6 @@ through timing.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
@@ -66,18 +65,13 @@ class AdminGate(CookieSessions):
                  clock: Callable[[], float] = time.time, session_seconds: int = SESSION_SECONDS) -> None:
         if not key:
             raise ValueError("the admin key must be non-empty")
-        super().__init__(key, version="v1", context=_SESSION, cookie=COOKIE, path=COOKIE_PATH,
+        super().__init__(key, version="v1", context=_SESSION, csrf=_CSRF, cookie=COOKIE, path=COOKIE_PATH,
                          session_seconds=session_seconds, signed_out=SIGNED_OUT, clock=clock, store=store)
-        self._key = key.encode("utf-8", "surrogatepass")
         self._key_digest = key_digest(key)
         self.throttle = throttle
 
     def key_matches(self, given: str) -> bool:
         return hmac.compare_digest(key_digest(given), self._key_digest)
-
-    def csrf_for(self, session: str) -> str:
-        """The CSRF token bound to a session token."""
-        return hmac.new(self._key, _CSRF + session.encode(), hashlib.sha256).hexdigest()
 
     async def authorize(self, method: str, headers: Mapping[str, str], address: str | None) -> AdminAccess:
         """The admin access of a request (lower-cased `headers`): AuthenticationError (401) without a
@@ -101,9 +95,6 @@ class AdminGate(CookieSessions):
         if method not in SAFE_METHODS and not self.csrf_matches(session, headers.get(CSRF_HEADER)):
             raise PermissionDenied("Missing or wrong CSRF token (X-CSRF-Token)", code="csrf_failed")
         return AdminAccess(session, csrf)
-
-    def csrf_matches(self, session: str, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(key_digest(given), key_digest(self.csrf_for(session)))
 
 
 def _unauthenticated(message: str) -> AuthenticationError:

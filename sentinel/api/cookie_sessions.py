@@ -6,7 +6,8 @@ HMAC-SHA256(key, <context><expiry>|<nonce>)``, so changing the key ends every se
 ends one: its nonce is kept in the store (``<signed-out prefix><nonce>``) until the token would have
 expired, and a copy of the cookie dies with it. A store that cannot be read does not refuse sessions
 (the surface stays usable through a store outage), so a signed-out copy works again only while the
-store is down. Keys and tokens are compared with `hmac.compare_digest` on digests.
+store is down. A state-changing form posted with the cookie carries the session's CSRF token
+(`csrf_for`). Keys and tokens are compared with `hmac.compare_digest` on digests.
 """
 
 from __future__ import annotations
@@ -59,13 +60,14 @@ class CookieSessions:
     browser's cookie)."""
 
     def __init__(
-        self, key: str | None, *, version: str, context: bytes, cookie: str, path: str, session_seconds: int,
-        signed_out: str, clock: Callable[[], float], store: Store | None,
+        self, key: str | None, *, version: str, context: bytes, csrf: bytes, cookie: str, path: str,
+        session_seconds: int, signed_out: str, clock: Callable[[], float], store: Store | None,
     ) -> None:
         self._key_bytes = key.encode("utf-8", "surrogatepass") if key else b""
         self._keyed = key is not None
         self.version = version
         self.context = context
+        self.csrf = csrf
         self.cookie = cookie
         self.path = path
         self.session_seconds = session_seconds
@@ -75,6 +77,15 @@ class CookieSessions:
 
     def _mac(self, expires: str, nonce: str) -> str:
         return hmac.new(self._key_bytes, self.context + f"{expires}|{nonce}".encode(), hashlib.sha256).hexdigest()
+
+    def csrf_for(self, session: str) -> str:
+        """The CSRF token bound to a session token: `HMAC-SHA256(key, <csrf context> + session)`, which
+        a page of another site can neither read nor compute (a sibling subdomain's is same-site: the
+        SameSite=Strict cookie goes with its form posts, and over http no `Sec-Fetch-Site` tells it)."""
+        return hmac.new(self._key_bytes, self.csrf + session.encode(), hashlib.sha256).hexdigest()
+
+    def csrf_matches(self, session: str, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(key_digest(given), key_digest(self.csrf_for(session)))
 
     def mint(self) -> str:
         """A new session token valid for `session_seconds` (only with a key configured)."""

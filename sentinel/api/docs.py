@@ -11,10 +11,11 @@ path                        method  answer
 ``/native/docs/signin``     POST    form field ``key``: right -> 303 to the page + cookie;
                                     wrong -> 401 with the form again; posted by a page of
                                     another site -> 403 (not counted as a failed sign-in)
-``/native/docs/signout``    POST    ends the cookie's session, a copy of it too (303 to the
-                                    sign-in form; 503 when the store cannot keep that, the
-                                    cookie cleared all the same); without a session or the
-                                    key -> 401 with the form; from another site -> 403
+``/native/docs/signout``    POST    form field ``csrf`` (the page's): ends the cookie's session,
+                                    a copy of it too (303 to the sign-in form; 503 when the
+                                    store cannot keep that, the cookie cleared all the same);
+                                    without a session or the key -> 401 with the form; from
+                                    another site, or without the session's csrf -> 403
 ``/native/docs/assets/{n}`` GET     an allow-listed static file (public, cacheable)
 ==========================  ======  ==========================================================
 
@@ -87,8 +88,10 @@ SIGNIN = """<!doctype html>
 <p class="hint">Scripts can send the key in the <code>X-Docs-Key</code> header instead.</p>
 </main></body></html>
 """
-# On the page when a key guards it: ends the session, a copy of the cookie too (`DocsGate.sign_out`).
-SIGNOUT = '<form method="post" action="/native/docs/signout"><button type="submit">Sign out</button></form>'
+# On the page of a signed-in session: ends it, a copy of the cookie too (`DocsGate.sign_out`); its CSRF
+# token (`csrf_for`) tells the page's own form from another page's of this site (a sibling subdomain's).
+SIGNOUT = ('<form method="post" action="/native/docs/signout"><input type="hidden" name="csrf" value="{csrf}">'
+           '<button type="submit">Sign out</button></form>')
 SIGNED_OUT_HERE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Signed out here only - Sentinel API docs</title>
 <link rel="stylesheet" href="{asset}docs.css" integrity="{css}"></head>
@@ -112,13 +115,14 @@ class DocsRoutes:
         self.assets = DocsAssets()
         self.document = orjson.dumps(build_openapi())
         integrity = self.assets.integrity
-        self.page_html = PAGE.format(
+        # The page before and after its sign-out form (a session's own: `page`).
+        self.page_around = PAGE.format(
             asset=ASSET,
             css=integrity("swagger-ui.css"),
             bundle=integrity("swagger-ui-bundle.js"),
             init=integrity("docs.js"),
-            signout="" if self.gate.open else SIGNOUT,
-        )
+            signout="\0",
+        ).split("\0")
 
     def routes(self) -> list[Route]:
         return [
@@ -156,7 +160,9 @@ class DocsRoutes:
     async def page(self, request: Request) -> RawResponse:
         if not await self._admitted(request):
             return self._signin_page(401, QUERY_KEY_MESSAGE if self._key_in_query(request) else None)
-        return RawResponse(200, self.page_html.encode(), list(HTML_HEADERS))
+        session = None if self.gate.open else await self.gate.session_of(request.headers)
+        signout = "" if session is None else SIGNOUT.format(csrf=self.gate.csrf_for(session))
+        return RawResponse(200, signout.join(self.page_around).encode(), list(HTML_HEADERS))
 
     async def openapi(self, request: Request) -> RawResponse:
         if not await self._admitted(request):
@@ -191,7 +197,10 @@ class DocsRoutes:
 
     async def signout(self, request: Request) -> RawResponse:
         """End the cookie's session (a copy of it too) and clear it. A page of another site cannot
-        send the cookie (`SameSite=Strict`); its form is refused all the same, as a sign-in's is."""
+        send the cookie (`SameSite=Strict`); its form is refused all the same, as a sign-in's is. A
+        sibling subdomain's page is same-site — the cookie goes with its form, and over http no
+        `Sec-Fetch-Site` says where it came from —: a session is ended only by a form carrying its
+        CSRF token (the page's own form), else 403 and nothing ended."""
         if self.gate.open:
             return RawResponse(303, b"", [(b"location", b"/native/docs")])
         if from_another_site(request.headers):
@@ -203,12 +212,23 @@ class DocsRoutes:
             page.headers.append(cleared)
             return page
         if session is not None:
+            if not self.gate.csrf_matches(session, await self._form_csrf(request)):
+                return self._signin_page(403, "Sign out with the docs page's own form (reload the page).")
             try:
                 await self.gate.sign_out(session)
             except StoreUnavailable:
                 body = SIGNED_OUT_HERE.format(asset=ASSET, css=self.assets.integrity("docs.css"))
                 return RawResponse(503, body.encode(), [*HTML_HEADERS, cleared])
         return RawResponse(303, b"", [(b"location", b"/native/docs/signin"), cleared, (b"cache-control", b"no-store")])
+
+    async def _form_csrf(self, request: Request) -> str | None:
+        """The `csrf` field of a form post (None for any other body)."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            return None
+        body = await read_within(request, limit=MAX_FORM_BYTES, seconds=sign_in_deadline(self.body_timeout),
+                                 too_large=f"The sign-out form is limited to {MAX_FORM_BYTES} bytes")
+        return form_key(body, "csrf")
 
     async def asset(self, request: Request) -> RawResponse:
         found = self.assets.response(request.path_params["name"], request.headers.get("if-none-match"))

@@ -10,7 +10,8 @@ The key is never taken from the query string (access logs and browser history ke
 are compared as HMAC-SHA256 digests with `hmac.compare_digest`, so neither content nor length
 leaks through timing. The cookie never holds the key: its value is ``v2.<expiry>.<nonce>.<mac>``
 where ``mac = HMAC-SHA256(key, "sentinel-docs-session|v2|<expiry>|<nonce>")``; changing the key
-revokes every cookie. Signing out (``POST /native/docs/signout``) ends that one: its nonce is kept
+revokes every cookie. Signing out (``POST /native/docs/signout``, with the session's CSRF token in its
+form's ``csrf`` field, as the console's forms) ends that one: its nonce is kept
 in the store (``sentinel:docs:signed-out:<nonce>``) until the token would have expired, and a copy
 of the cookie dies with it — as the console's sessions (both are
 `sentinel.api.cookie_sessions.CookieSessions`), a store that cannot be read lets a signed-out copy
@@ -35,6 +36,7 @@ COOKIE_PATH = "/native/docs"
 SESSION_SECONDS = 12 * 3600
 MAX_FORM_BYTES = 4096
 _CONTEXT = b"sentinel-docs-session|v2|"
+_CSRF = b"sentinel-docs-csrf|"
 SIGNED_OUT = "sentinel:docs:signed-out:"
 
 
@@ -49,7 +51,7 @@ class DocsGate(CookieSessions):
                  session_seconds: int = SESSION_SECONDS, store: Store | None = None) -> None:
         if key is not None and not key:
             raise ValueError("the docs key must be non-empty when set")
-        super().__init__(key, version="v2", context=_CONTEXT, cookie=COOKIE, path=COOKIE_PATH,
+        super().__init__(key, version="v2", context=_CONTEXT, csrf=_CSRF, cookie=COOKIE, path=COOKIE_PATH,
                          session_seconds=session_seconds, signed_out=SIGNED_OUT, clock=clock, store=store)
         self._key = key
         self._key_digest = key_digest(key) if key else b""
@@ -89,11 +91,11 @@ def embedded_by_another_site(headers: Mapping[str, str]) -> bool:
     return from_another_site(headers) and headers.get("sec-fetch-dest", "document").strip().lower() != "document"
 
 
-def form_key(body: bytes) -> str | None:
-    """The ``key`` field of an ``application/x-www-form-urlencoded`` body, None when missing."""
+def form_key(body: bytes, name: str = "key") -> str | None:
+    """The ``key`` field (or `name`'s) of an ``application/x-www-form-urlencoded`` body, None when missing."""
     try:
         fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=8)
     except (UnicodeDecodeError, ValueError):
         return None
-    values = fields.get("key")
+    values = fields.get(name)
     return values[0] if values else None

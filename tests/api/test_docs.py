@@ -26,6 +26,13 @@ def signed_in(http: httpx.Client, key: str = KEY, **headers: str) -> httpx.Respo
     )
 
 
+def csrf_of(page: httpx.Response) -> str:
+    """The CSRF token of the docs page's sign-out form."""
+    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
 @pytest.fixture
 def keyed(gateway_factory: Callable[..., Gateway]) -> Gateway:
     return gateway_factory(docs_api_key=KEY)
@@ -216,10 +223,13 @@ def test_signing_out_ends_the_session_and_every_copy_of_its_cookie(keyed: Gatewa
     with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as browser:
         page = browser.get("/native/docs")
         assert page.status_code == 200 and 'action="/native/docs/signout"' in page.text
-        foreign = browser.post("/native/docs/signout", headers={"Sec-Fetch-Site": "cross-site"}, follow_redirects=False)
+        form = {"csrf": csrf_of(page)}
+        foreign = browser.post("/native/docs/signout", data=form, headers={"Sec-Fetch-Site": "cross-site"},
+                               follow_redirects=False)
         assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
         assert browser.get("/native/docs/openapi.json").status_code == 200
-        out = browser.post("/native/docs/signout", headers={"Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
+        out = browser.post("/native/docs/signout", data=form, headers={"Sec-Fetch-Site": "same-origin"},
+                           follow_redirects=False)
         assert out.status_code == 303 and out.headers["location"] == "/native/docs/signin", out.text
         cleared = [a.strip().lower() for a in out.headers["set-cookie"].split(";")]
         assert cleared[0] == f"{COOKIE}=" and "max-age=0" in cleared and "path=/native/docs" in cleared
@@ -228,6 +238,31 @@ def test_signing_out_ends_the_session_and_every_copy_of_its_cookie(keyed: Gatewa
         assert copy.get("/native/docs").status_code == 401
     with httpx.Client(base_url=keyed.url, cookies={COOKIE: other}) as elsewhere:
         assert elsewhere.get("/native/docs/openapi.json").status_code == 200
+
+
+def test_a_sign_out_form_of_a_sibling_subdomain_over_http_ends_nothing(keyed: Gateway) -> None:
+    """A page of a sibling subdomain (wiki.corp.example beside docs.corp.example) is same-site: the
+    SameSite=Strict cookie goes with its form's post, and over plain http the browser sends no
+    `Sec-Fetch-Site` to refuse it by — its auto-submitted form signed the docs user out. A sign-out
+    ends a session only with the CSRF token of that session's page (403 otherwise, the cookie kept);
+    another session's token does not do."""
+    with httpx.Client(base_url=keyed.url) as http:
+        token = signed_in(http).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+        other = signed_in(http).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as browser:
+        for form in ({}, {"csrf": ""}, {"csrf": "other"}):
+            if form.get("csrf") == "other":  # another session's page's token
+                with httpx.Client(base_url=keyed.url, cookies={COOKIE: other}) as elsewhere:
+                    form = {"csrf": csrf_of(elsewhere.get("/native/docs"))}
+            out = browser.post("/native/docs/signout", data=form, headers={"Origin": "http://wiki.corp.example"},
+                               follow_redirects=False)
+            assert out.status_code == 403 and "set-cookie" not in out.headers, out.text
+        assert browser.get("/native/docs/openapi.json").status_code == 200  # still signed in
+        out = browser.post("/native/docs/signout", data={"csrf": csrf_of(browser.get("/native/docs"))},
+                           follow_redirects=False)
+        assert out.status_code == 303
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as copy:
+        assert copy.get("/native/docs/openapi.json").status_code == 401
 
 
 def test_a_sign_out_the_store_cannot_keep_says_so(keyed: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,9 +276,11 @@ def test_a_sign_out_the_store_cannot_keep_says_so(keyed: Gateway, monkeypatch: p
     async def unavailable(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         raise StoreUnavailable("store unavailable (set)")
 
+    with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as browser:
+        form = {"csrf": csrf_of(browser.get("/native/docs"))}
     monkeypatch.setattr(keyed.runtime.store, "set", unavailable)
     with httpx.Client(base_url=keyed.url, cookies={COOKIE: token}) as browser:
-        out = browser.post("/native/docs/signout", follow_redirects=False)
+        out = browser.post("/native/docs/signout", data=form, follow_redirects=False)
     monkeypatch.undo()
     assert out.status_code == 503 and "Signed out here only" in out.text and "DOCS_API_KEY" in out.text
     assert "max-age=0" in out.headers["set-cookie"].lower()

@@ -780,26 +780,20 @@ class OpenAIRelay:
     async def _vouch_batch_input(self, reply: Reply, identity: Identity, estimate: BatchEstimate) -> None:
         """Mark the file an upload of a checked batch input created as such (its owner's only), with
         what its lines reserve (`estimate`)."""
-        try:
-            created = orjson.loads(reply.body) if reply.status < 300 else None
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(created, dict) and isinstance(created.get("id"), str):
+        created = _created_id(reply)
+        if created is not None:
             try:
-                await self.ownership.vouch_batch_input(created["id"], identity.external_id, estimate)
+                await self.ownership.vouch_batch_input(created, identity.external_id, estimate)
             except StoreUnavailable:  # the file stays usable for everything but a batch
                 self.ownership.outage.warning("the store is unavailable: a checked batch input was not marked as such")
 
     async def _vouch_eval_data(self, reply: Reply, identity: Identity) -> None:
         """Mark the file an upload of an eval's data file created as such (its owner's only): its
         items were read for the objects they name (`eval_data_references`)."""
-        try:
-            created = orjson.loads(reply.body) if reply.status < 300 else None
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(created, dict) and isinstance(created.get("id"), str):
+        created = _created_id(reply)
+        if created is not None:
             try:
-                await self.ownership.vouch_eval_data(created["id"], identity.external_id)
+                await self.ownership.vouch_eval_data(created, identity.external_id)
             except StoreUnavailable:  # the file stays usable for everything but an eval run
                 self.ownership.outage.warning("the store is unavailable: a checked eval data file was not marked as such")
 
@@ -808,14 +802,11 @@ class OpenAIRelay:
         of its content as sent: a PDF's pages, an image's size, a text's tokens) beside its owner: a
         request naming it by id is estimated by it, not as a file Sentinel cannot read (a 100-page
         PDF: 2,550,100 tokens under gpt-4o-mini's image rule)."""
-        try:
-            created = orjson.loads(reply.body) if reply.status < 300 else None
-        except orjson.JSONDecodeError:
-            return
-        if not (isinstance(created, dict) and isinstance(created.get("id"), str)):
+        created = _created_id(reply)
+        if created is None:
             return
         try:
-            await self.ownership.remember_file(created["id"], identity.external_id, facts)
+            await self.ownership.remember_file(created, identity.external_id, facts)
         except StoreUnavailable:  # the file is estimated as one Sentinel cannot read
             self.ownership.outage.warning("the store is unavailable: what an uploaded file holds was not kept")
 
@@ -973,3 +964,12 @@ def _references(body: Any, keys: frozenset[str] = REFERENCE_KEYS) -> list[str]:
         raise InvalidRequest(str(exc)) from None
     except MalformedReference as exc:
         raise InvalidRequest(str(exc), details={"param": exc.param}) from None
+
+
+def _created_id(reply: Reply) -> str | None:
+    """The `id` of the object a successful creation's JSON answer shows, else None."""
+    try:
+        created = orjson.loads(reply.body) if reply.status < 300 else None
+    except orjson.JSONDecodeError:
+        return None
+    return created["id"] if isinstance(created, dict) and isinstance(created.get("id"), str) else None

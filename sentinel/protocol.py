@@ -6,12 +6,16 @@ forever for a client to read its answer; a client that trickles its request line
 could hold a connection (and an in-flight slot) indefinitely.
 `GuardedHttpToolsProtocol` closes a connection whose headers are not complete within
 `header_timeout` seconds of its first byte (or of the connection, for one that sends nothing; for
-a request pipelined behind one still being answered, as soon as that answer is complete) and
+a request pipelined behind one still being answered, as soon as that answer is complete; empty
+lines sent after an answer, which stop uvicorn's keep-alive timer and begin no request, are the
+next request's first bytes: one CRLF held a connection for ever) and
 answers 431 to more than `max_headers` headers or `max_header_bytes` bytes of request line and
 headers (a header line that never ends included). A request answered before its body was all in
 (a 401, a 413 from its Content-Length) keeps its connection while the rest arrives — read and
 dropped, so the client still gets its answer — but for at most `body_timeout` seconds: one that
-trickles the rest is then closed (every byte it sent had put off the keep-alive timeout). One whose
+trickles the rest is then closed (every byte it sent had put off the keep-alive timeout); once the
+rest is in, the connection is idle: the keep-alive timeout again (uvicorn arms it only as an answer
+completes, and any read cancels it: that connection was held for ever). One whose
 client asked for `100 Continue` first (`Expect: 100-continue`) and was answered without it may never
 send that body (RFC 9110 §10.1.1): its next request on the connection was read as the body, unanswered
 until the body deadline. Its answer says `Connection: close`, the end of the connection's answers
@@ -402,11 +406,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused or self._parsing_done:
             return
         was_in_headers, was_in_trailers, messages = self._in_headers, self._in_trailers, self._messages
+        body_pending = self._body_pending
         try:
             super().data_received(data)
         finally:
             self._hand_on_body()
         if messages != self._messages:
+            return
+        if self._unwatched():
+            # uvicorn cancels its keep-alive timer at every read, and arms it again only when an answer
+            # completes: a read that begins no request, once every answer is out, left the connection
+            # with no deadline at all — held for ever, without any key. Empty lines after an answer (which
+            # a request line may follow) are the next request's first bytes: the header deadline; the rest
+            # of a body already answered leaves the connection idle: the keep-alive timeout again.
+            if body_pending:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            else:
+                self._arm()
             return
         if (was_in_headers and self._in_headers) or (was_in_trailers and self._in_trailers):
             # All of `data` belonged to headers (or a trailer section) still incomplete: a name or
@@ -420,6 +437,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._trailer_unparsed += len(data)
                 self._check_trailers()
+
+    def _unwatched(self) -> bool:
+        """Whether no request is being read or answered and no timer would close the connection."""
+        busy = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        return not (
+            busy or self._in_headers or self._in_trailers or self._body_pending or self.transport.is_closing()
+            or self._timer or self._drain_timer or self.timeout_keep_alive_task
+        )
 
     def send_400_response(self, msg: str) -> None:
         if self._parsing_done or self._refused:

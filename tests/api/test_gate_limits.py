@@ -28,7 +28,7 @@ from tests.support.accounts import create_key
 from tests.support.attack import ledger_rows, openai_error, spying
 from tests.support.clock import FakeClock
 from tests.support.metrics import metric
-from tests.support.raw_http import raw_exchange, rest_of
+from tests.support.raw_http import port_of, raw_exchange, rest_of
 from tests.support.waiting import wait_for
 
 
@@ -38,6 +38,32 @@ def test_headers_that_trickle_are_cut_off(gateway_factory: Callable[..., Gateway
     assert answer.startswith(b"HTTP/1.1 408")
     silent = raw_exchange(gw, b"")  # a connection that sends nothing at all
     assert silent.startswith(b"HTTP/1.1 408")
+
+
+def test_empty_lines_after_an_answer_do_not_hold_the_connection(gateway_factory: Callable[..., Gateway]) -> None:
+    """A CRLF sent after an answer began no request, yet cancelled the keep-alive timer, and no header
+    deadline was armed: one connection per CRLF, without any key, was held for ever. It is now the
+    next request's first bytes: its headers are late at the header deadline (408), and the connection closes."""
+    gw = gateway_factory(header_timeout_seconds=0.5, keepalive_timeout_seconds=60)
+    with socket.create_connection(("127.0.0.1", port_of(gw)), timeout=5.0) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answers(sock, 1)[0][0].startswith(b"HTTP/1.1 200")
+        sock.sendall(b"\r\n")  # an empty line, which a request line may follow (RFC 9112 section 2.2)
+        rest = rest_of(sock)
+    assert rest.startswith(b"HTTP/1.1 408") and not rest.endswith(b"<still open>"), rest[-300:]
+
+
+def test_the_rest_of_a_body_already_answered_leaves_the_connection_to_the_keep_alive_timeout(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A 401 answered from a request's headers, its body sent after: the body's bytes cancelled the
+    keep-alive timer and its end armed none — the idle connection was held for ever, without any key."""
+    gw = gateway_factory(keepalive_timeout_seconds=0.5, header_timeout_seconds=30)
+    with socket.create_connection(("127.0.0.1", port_of(gw)), timeout=5.0) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        assert read_answers(sock, 1)[0][0].startswith(b"HTTP/1.1 401")
+        sock.sendall(b"0123456789")
+        assert rest_of(sock) == b""  # closed by the keep-alive timeout, as an idle connection
 
 
 def test_a_pipelined_request_that_trickles_is_cut_off_too(gateway_factory: Callable[..., Gateway]) -> None:

@@ -77,7 +77,8 @@ A body is framed by its Content-Length or by `Transfer-Encoding: chunked` alone,
 parser took other codings before a final `chunked` (`gzip, chunked`: the body was served as if it
 had none) and `chunked` from an HTTP/1.0 client (a proxy in front that speaks HTTP/1.0 reads that
 body up to the close): both sides of such a proxy would frame different bodies. Both are refused
-with 400 in their turn, nothing after them parsed (RFC 9112 §6.1).
+with 400 in their turn, nothing after them parsed (RFC 9112 §6.1). So is a request line of another version than
+HTTP/1.0 or HTTP/1.1 (`HTTP/2.0`, which the parser took, or none: 0.9).
 
 A request that asks for a protocol upgrade (`Connection: Upgrade` and an `Upgrade` header — `h2c`,
 `websocket` — or CONNECT) ends, for the parser, at its headers: what follows is the other protocol's.
@@ -280,7 +281,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # The parser ends an upgrade request at its headers: its body would be parsed as requests.
             self._refuse(b"400 Bad Request", b"a request with a body cannot ask for a protocol upgrade\n")
             return
-        framing = _framing_refused(self.headers, self.parser.get_http_version())
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            # The parser takes `HTTP/2.0` (and a bare `GET /`, 0.9) in a request line, served as HTTP/1.x
+            # with 1.0's keep-alive, yet `chunked` and no `Host` taken as 1.1's: one request, read two ways.
+            self._refuse(b"400 Bad Request", b"only HTTP/1.0 and HTTP/1.1 request lines are served\n")
+            return
+        framing = _framing_refused(self.headers, version)
         if framing is not None:
             self._refuse(*framing)
             return

@@ -404,3 +404,11 @@ def test_an_http_1_1_request_without_host_is_refused(gateway: Gateway, path: str
 def test_an_http_1_0_request_without_host_is_served(gateway: Gateway) -> None:
     answer = exchange(gateway, b"GET /health/live HTTP/1.0\r\n\r\n")
     assert re.match(rb"HTTP/1\.1 200 ", answer), answer[:300]
+
+
+@pytest.mark.parametrize("line", [b"GET /health/live HTTP/2.0", b"GET /health/live"])
+def test_a_request_line_of_another_http_version_is_refused(gateway: Gateway, line: bytes) -> None:
+    """The parser took `HTTP/2.0` (served with HTTP/1.0's keep-alive, yet `chunked` and no `Host` taken
+    as HTTP/1.1's) and a line without any version (0.9): 400, and the connection closes."""
+    answer = raw_exchange(gateway, line + b"\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [400] and not answer.endswith(b"<still open>"), answer[:300]

@@ -557,7 +557,7 @@ class OpenAIRelay:
         if media == "multipart/form-data":
             if uploads is None:  # read as JSON only: an upload's fields would escape the checks below
                 raise _unsupported_type("This call takes a JSON body (Content-Type: application/json), not an upload")
-            upload, upload_body, ids, estimate, stored = await off_loop(functools.partial(
+            upload, upload_body, ids, estimate, stored, eval_data = await off_loop(functools.partial(
                 self._read_upload, body, content_type, uploads, reference_keys(segments),
                 self.end_users.of(identity.external_id), stores=list(segments) == ["files"],
             ), heavy)
@@ -579,7 +579,7 @@ class OpenAIRelay:
                     raise InvalidRequest(f"An upload to this endpoint gives its `{name}` once: its charge is read from it",
                                          details={"param": name})
                 fields.setdefault(name, value.decode("utf-8", "replace"))
-            return upload_body, False, estimate, stored, fields, list(segments) == ["files"] and upload.eval_file() is not None
+            return upload_body, False, estimate, stored, fields, eval_data
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
@@ -614,12 +614,13 @@ class OpenAIRelay:
     def _read_upload(
         self, body: bytes, content_type: str, uploads: frozenset[str], keys: frozenset[str], end_user: str,
         *, stores: bool = False,
-    ) -> tuple[Upload, bytes, list[str], BatchEstimate | None, bytes | None]:
+    ) -> tuple[Upload, bytes, list[str], BatchEstimate | None, bytes | None, bool]:
         """A pass-through upload read part by part: (the upload, the body as it goes upstream — naming
         `end_user` as the end user: see `_check_body` —, the ids it names under `keys` — a batch
         input's lines' too —, for a batch's input what its lines reserve, each estimated as the
         request it is — `Meter.batch_line` —, and — `stores`: a `POST /v1/files` —
-        the content of the file it stores as it goes upstream, `Upload.stored_file`). InvalidRequest
+        the content of the file it stores as it goes upstream, `Upload.stored_file`, and whether it is
+        an eval's data file whose items were read for ids, `eval_data_references`). InvalidRequest
         (400) when it cannot be read as the provider would, names too many objects, or is a batch
         input `_batch_model` refuses or whose lines cannot be written back."""
         try:
@@ -647,7 +648,7 @@ class OpenAIRelay:
             param = exc.param if isinstance(exc, MalformedUpload | MalformedReference) else None
             raise InvalidRequest(str(exc), details={"param": param} if param else None) from None
         content = None if stored is None else values.get(stored, upload.parts[stored][1])
-        return upload, sent, ids, estimate, content
+        return upload, sent, ids, estimate, content, eval_file is not None
 
     def _read_json(self, body: bytes, segments: Sequence[str]) -> tuple[Any, list[str], list[tuple[str, str]]]:
         """A pass-through JSON body parsed and checked (400s: see `_check_body`): (it, the ids it names,

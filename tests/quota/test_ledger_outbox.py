@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.db.sqlite_writer import SqliteWriter
 from sentinel.domain.usage import UsageRecord
 from sentinel.errors import GovernanceUnavailable
+from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
 from sentinel.quota.outbox import DurableOutbox, LedgerOutbox, SqlOutbox
 from tests.support.outbox import usage_record
 
@@ -49,6 +55,29 @@ async def test_a_failed_ledger_write_keeps_the_record_in_memory_for_later(sessio
     assert sink.calls == [["kept"]] and durable.orphans == []
 
 
+@dataclass
+class EmbeddedLedger:
+    """The built-in ledger on a migrated SQLite file, as `serve` builds it."""
+
+    engine: AsyncEngine
+    writer: SqliteWriter
+    sessions: async_sessionmaker[AsyncSession]
+    sink: SqlLedgerSink
+    durable: DurableOutbox  # its outbox table, and the ledger behind it
+
+
+async def embedded_ledger(tmp_path: Path) -> EmbeddedLedger:
+    """A new `EmbeddedLedger` in `tmp_path` (the caller closes its writer and disposes its engine)."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/x.db"
+    engine = create_engine(url)
+    await migrate(engine)
+    writer = SqliteWriter.for_url(url)
+    assert writer is not None
+    sessions = session_factory(engine)
+    sink = SqlLedgerSink(SqlLedger(sessions, writer))
+    return EmbeddedLedger(engine, writer, sessions, sink, DurableOutbox(SqlOutbox(sessions), ledger=LedgerOutbox(sink)))
+
+
 class _DownSql:
     backend = "sql"
 
@@ -58,8 +87,6 @@ class _DownSql:
 
 @pytest.fixture
 def sessions(tmp_path):  # type: ignore[no-untyped-def]
-    from sentinel.db.engine import create_engine, session_factory
-
     return session_factory(create_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db"))
 
 
@@ -69,17 +96,10 @@ async def test_a_ledger_closed_under_a_write_leaves_the_record_in_the_outbox_tab
     """Shutdown closes the SQLite writer: a record written after that raised RuntimeError, which
     `DurableOutbox.put` did not fall back on — the record was lost without a log. Any failure now
     moves on to the next backend (here the outbox table, delivered after restart), logged."""
-    from sentinel.db.engine import create_engine, migrate, session_factory
-    from sentinel.db.sqlite_writer import INLINE_MAX_ROWS, SqliteWriter
-    from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
+    from sentinel.db.sqlite_writer import INLINE_MAX_ROWS
 
-    url = f"sqlite+aiosqlite:///{tmp_path}/x.db"
-    engine = create_engine(url)
-    await migrate(engine)
-    writer = SqliteWriter.for_url(url)
-    assert writer is not None
-    sessions = session_factory(engine)
-    durable = DurableOutbox(SqlOutbox(sessions), ledger=LedgerOutbox(SqlLedgerSink(SqlLedger(sessions, writer))))
+    ledger = await embedded_ledger(tmp_path)
+    engine, writer, durable = ledger.engine, ledger.writer, ledger.durable
     try:
         await durable.put(usage_record("before"))
         await writer.close()
@@ -117,8 +137,6 @@ async def test_a_database_the_ledger_cannot_reach_is_not_tried_again_for_the_out
     every answer. Now the record goes to memory at once (and reaches the ledger when it is back)."""
     from sqlalchemy.engine import make_url
 
-    from sentinel.db.engine import create_engine, session_factory
-    from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
     from tests.support.servers import free_port
 
     down = create_engine(make_url(pg_url).set(port=free_port()), timeout=0.5)  # nothing listens there
@@ -165,19 +183,11 @@ async def test_a_record_the_sqlite_ledger_refuses_is_kept_not_dropped(tmp_path) 
 
     from sqlalchemy import select
 
-    from sentinel.db.engine import create_engine, migrate, session_factory
     from sentinel.db.models import UsageLedgerRow
-    from sentinel.db.sqlite_writer import INLINE_MAX_ROWS, SqliteWriter
-    from sentinel.governance.ledger import SqlLedger, SqlLedgerSink
+    from sentinel.db.sqlite_writer import INLINE_MAX_ROWS
 
-    url = f"sqlite+aiosqlite:///{tmp_path}/x.db"
-    engine = create_engine(url)
-    await migrate(engine)
-    writer = SqliteWriter.for_url(url)
-    assert writer is not None
-    sessions = session_factory(engine)
-    sink = SqlLedgerSink(SqlLedger(sessions, writer))
-    durable = DurableOutbox(SqlOutbox(sessions), ledger=LedgerOutbox(sink))
+    ledger = await embedded_ledger(tmp_path)
+    engine, writer, sessions, sink, durable = ledger.engine, ledger.writer, ledger.sessions, ledger.sink, ledger.durable
 
     def unstorable(request_id: str) -> UsageRecord:
         record = dataclasses.replace(usage_record(request_id))

@@ -25,6 +25,7 @@ from sentinel.providers.errors import count_stream_failure
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.services.exchange import (
+    SSE_HEADER_NAMES,
     SSE_HEADERS,
     Ending,
     MeteredStream,
@@ -106,7 +107,7 @@ def relay_events(
             metrics.sse_parse_errors.labels(endpoint).inc(inspector.parse_errors)
 
     stream = MeteredStream(produce, settle, observe, drains=drains)
-    headers = relayable_headers(upstream.headers) + SSE_HEADERS
+    headers = [h for h in relayable_headers(upstream.headers) if h[0].lower() not in SSE_HEADER_NAMES] + SSE_HEADERS
     return StreamReply(upstream.status, headers, stream.chunks(), stream.on_close)
 
 

@@ -18,6 +18,8 @@ Headers = list[tuple[str, str]]
 
 # Added to every event stream Sentinel sends (a relayed one keeps the upstream's content type).
 SSE_HEADERS: Headers = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+# An upstream's own values of these give way to Sentinel's (one `cache-control`, not two).
+SSE_HEADER_NAMES = frozenset(name for name, _ in SSE_HEADERS)
 # The headers of an event stream Sentinel writes itself (native API, cross-format translation).
 SSE_RESPONSE_HEADERS: Headers = [("content-type", "text/event-stream"), *SSE_HEADERS]
 

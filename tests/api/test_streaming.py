@@ -146,3 +146,14 @@ def test_a_stream_ends_at_the_final_event_though_the_upstream_keeps_its_connecti
     rid = r.headers["x-request-id"]
     assert wait_for(lambda: [row["status"] for row in ledger_rows(gw.settings.database_url)
                              if row["request_id"] == rid] == [200])
+
+
+def test_a_relayed_stream_says_its_cache_policy_once(gateway: Gateway) -> None:
+    """The upstream's own `cache-control` (OpenAI sends one on a stream) was relayed beside Sentinel's:
+    two headers a proxy may read as `no-cache, no-cache` or take either of."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with gateway.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
+        r.read()
+        assert r.status_code == 200
+        assert r.headers.get_list("cache-control") == ["no-cache"]
+        assert r.headers.get_list("x-accel-buffering") == ["no"]

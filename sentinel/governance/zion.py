@@ -187,7 +187,9 @@ class ZionClient:
         """The user behind a JWT, per Zion; None when Zion refuses it (NO_IDENTITY: an invalid token, a
         deactivated or deleted user). Such a refusal is an answer, not an outage: no cached identity
         may stand in for it. So is any other 4xx but NOT_A_VERDICT (logged: it may be Zion's
-        misconfiguration), and a token longer than MAX_ZION_TOKEN_BYTES is refused without asking."""
+        misconfiguration), and a token longer than MAX_ZION_TOKEN_BYTES is refused without asking.
+        A profile whose `externalId` is neither null, "", a string nor a number is unreadable
+        (GovernanceUnavailable), as one without an `id` is."""
         if len(token.encode("utf-8", "surrogatepass")) > MAX_ZION_TOKEN_BYTES:
             return None
         try:
@@ -204,7 +206,13 @@ class ZionClient:
             return None
         user_id, email = _str(data, "id"), data.get("email")
         email = email if isinstance(email, str) and email else None
-        external_id = external_id_of(data.get("externalId"))
+        named = data.get("externalId")
+        external_id = external_id_of(named)
+        if external_id is None and named is not None and named != "":
+            # Unreadable (a list, an object, a boolean, 0), not "none": keyed by Zion's id instead, the
+            # user's limits were read by that id (404: DEFAULT_PLAN, every Zion limit lifted) and the
+            # user's objects, sessions and counters kept apart from its own. As a JWT's claims are read.
+            raise GovernanceUnavailable("Zion's answer to /users/me has an unreadable 'externalId'")
         if external_id is None:  # null or "" falls back to id
             log.debug("Zion profile %s has no externalId; keying it by its id", user_id)
         return Identity(external_id=external_id or user_id, user_id=user_id, email=email, source="zion")

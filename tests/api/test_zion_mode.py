@@ -573,6 +573,23 @@ def test_limits_of_a_wrong_type_are_an_outage_not_no_limits(
         assert r.json()["error"]["type"] == "service_unavailable"
 
 
+@pytest.mark.parametrize("external_id", [["carol-ext"], {"id": "carol-ext"}, True, 0])
+def test_a_profile_whose_external_id_cannot_be_read_is_an_outage_not_zions_id(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion, external_id: object,
+) -> None:
+    """Zion's `externalId` must be a string or a number (null or "": the profile's `id` is the key).
+    One of another type was read as none: the user was keyed by Zion's `id`, its limits asked for by
+    that id (unknown to Zion: the default plan, Zion's 1 request lifted) and its objects, sessions
+    and counters kept apart from its own."""
+    zion.add_user("jwt-carol", external_id, "carol@example.com", user_id="usr_carol", requests=1)  # type: ignore[arg-type]
+    gw = zion_gateway(gateway_factory, zion, zion_apply_default_plan=False)
+    for _ in range(2):
+        r = post(gw, "jwt-carol")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "governance_unavailable"
+    assert zion.calls[LIMITS] == 0  # no limits asked for under Zion's id
+
+
 def test_no_secret_of_the_configuration_is_sent_to_zion_as_a_users_token(
     gateway_factory: Callable[..., Gateway], zion: FakeZion
 ) -> None:

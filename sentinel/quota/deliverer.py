@@ -9,7 +9,8 @@ refused one by one go back to be batched again later under a new key (after a ba
 the next claim waits a backoff: `_pause`). A crash at any point leaves
 the batch in the outbox under its key, and whoever takes it over after the lease sends it under
 that key again, so a sink that honours the key (Zion should; the built-in ledger is exactly-once
-by request id regardless) counts every record once.
+by request id regardless) counts every record once. A holder that outlived its lease and finds, at
+its retry, the batch no longer held under its key lets it go: the taker settled it (`_renew`).
 
 A batch the sink refuses whole for its content (`UsageBatchRefused`: Zion's 400, 413 or 422, which
 one bad value — a model name, an id — is enough for) is delivered apart: first moved under its
@@ -141,8 +142,15 @@ class UsageDeliverer:
             return 0
         batch = self.held
         if self._refused is None:
-            if self.failures:
-                await self._renew(batch)
+            if self.failures and not await self._renew(batch):
+                # Another deliverer took it over (its lease ran out before this retry) and settled
+                # it: whole under its key, or apart after the sink refused it whole. Sent whole
+                # again under its key, a sink that had only refused that key applied it — every
+                # record counted twice. Nothing of it is this deliverer's to send any more.
+                log.warning("usage batch no longer held in the outbox under its key; another deliverer "
+                            "settled it, letting it go", extra={"batch": batch.key})
+                self._release()
+                return 0
             try:
                 batch, refused = await self._leased(self._send(batch))
             except (GovernanceUnavailable, StoreUnavailable) as exc:
@@ -338,20 +346,23 @@ class UsageDeliverer:
         if self.held is not None and self.clock() - self._leased_at >= self.backoff.cap:
             await self._renew(self.held)
 
-    async def _renew(self, batch: Batch) -> None:
-        """Extend the batch's lease before a retry, so no other deliverer takes it over meanwhile.
+    async def _renew(self, batch: Batch) -> bool:
+        """Extend the batch's lease, so no other deliverer takes it over meanwhile; False when the
+        outbox no longer holds it under its key (True when the outbox could not say).
 
-        If the outbox no longer holds it (another deliverer settled it, or Redis lost it) it is
-        sent anyway: under its key that is a replay for a sink that honours keys, and it may be
-        the only copy left.
+        Not held any more, it was taken over after its lease and settled by another deliverer —
+        whole, or apart under its split key — and a retry lets it go (`deliver_once`). It was sent
+        again under its key, as a replay for a sink that honours keys or the only copy of a stream
+        Redis had lost: but a batch the other delivered apart was refused whole under that key,
+        and a sink that remembers no refusal applied it, counting every record twice. A Redis that
+        lost its data loses the records waiting in the stream all the same (see the README).
         """
         self._leased_at = self.clock()
         try:
             # For the wait the sink asked for, if longer than the lease: a takeover honours it too.
-            if not await self.outbox.renew(batch, hold=max(self._quiet_until - self.clock(), 0.0)):
-                log.info("usage batch no longer held in the outbox; sending it again", extra={"batch": batch.key})
+            return await self.outbox.renew(batch, hold=max(self._quiet_until - self.clock(), 0.0))
         except SentinelError:
-            pass  # the lease may run out meanwhile: a takeover sends the same batch under the same key
+            return True  # the lease may run out meanwhile: a takeover sends the same batch under the same key
 
     def _later(self, error: str, message: str, *, asked: float | None = None) -> None:
         """Back off before the next attempt at the held batch (`error`: what to log of the failure —

@@ -148,16 +148,19 @@ async def test_a_retried_batch_keeps_its_idempotency_key_and_records() -> None:
     assert s.sink.delivered == ["r1", "r2", "r3"] and s.sink.keys[2] != s.sink.keys[0]
 
 
-async def test_a_batch_the_outbox_no_longer_holds_is_still_sent_under_its_key() -> None:
+async def test_a_batch_the_outbox_no_longer_holds_is_let_go_not_sent_again() -> None:
+    """Renewing finds nothing under its key: another deliverer took it over and settled it (whole, or
+    apart after a refusal of that key — sent whole again, a sink remembering no refusal applied it
+    twice). The retry sends nothing and the deliverer claims afresh."""
     s = Setup()
     await s.put("r1")
     s.sink.down = True
     await s.deliverer.deliver_once()
-    s.part.held.clear()  # renewing finds nothing: the outbox lost it (or another deliverer settled it)
+    s.part.held.clear()
     s.sink.down = False
     s.clock.advance(1)
-    assert await s.deliverer.deliver_once() == 1
-    assert s.sink.delivered == ["r1"] and s.sink.keys[0] == s.sink.keys[1]
+    assert await s.deliverer.deliver_once() == 0
+    assert s.sink.delivered == [] and len(s.sink.keys) == 1 and s.deliverer.held is None
 
 
 async def test_records_refused_one_by_one_wait_the_longest_delay_the_rest_are_settled() -> None:

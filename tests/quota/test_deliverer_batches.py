@@ -518,6 +518,37 @@ async def test_a_crash_while_a_batch_is_delivered_apart_resends_each_record_unde
     assert len([ids for _, ids in rig.sink.attempts if ids == ("req-0",)]) == 2  # sent again, replayed
 
 
+async def test_a_batch_another_deliverer_delivered_apart_is_not_sent_whole_again_by_its_first_holder(
+    rig: Rig,
+) -> None:
+    """The first holder's call failed and its lease ran out before its retry (a renewal the database
+    did not take, a paused process); another deliverer took the batch over, Zion refused it whole
+    for one value, and the taker delivered it apart and settled it. Zion then accepts the value. The
+    first holder, finding the batch no longer held under its key, sent it whole under that key all
+    the same — a key Zion had only refused, so it applied it: every record counted twice (the value
+    it refused once more, later, under its new batch)."""
+    first_outbox = rig.outbox(lease=0)  # (lease 0: the failed batch may be taken over at once)
+    first = rig.deliverer(first_outbox)
+    rig.zion.refuse_batches_with("evil-model", 400)
+    await first_outbox.put(record(0))
+    await first_outbox.put(replace(record(1), model="evil-model"))
+    await first_outbox.put(record(2))
+    rig.zion.fail_next(3)  # one delivery fails (the client tries 3 times), nothing applied
+    assert await first.deliver_once() == 0
+    assert first.held is not None
+    key = first.held.key
+    taker_outbox = rig.outbox(lease=0)
+    assert await rig.deliverer(taker_outbox).deliver_once() == 2  # refused whole, delivered apart
+    assert [rig.counted(n) for n in range(3)] == [1, 0, 1]
+    rig.zion.refuse_batches_with("evil-model", None)
+    await first.deliver_once()  # its retry: the batch is another's now
+    assert [rig.counted(n) for n in range(3)] == [1, 0, 1], rig.sink.attempts
+    assert sum(1 for sent, _ in rig.sink.attempts if sent == key) == 2  # the failed call and the taker's
+    assert first.held is None
+    await rig.deliver_all(first, first_outbox)  # the refused record, under a batch of its own
+    assert [rig.counted(n) for n in range(3)] == [1, 1, 1], rig.sink.attempts
+
+
 # --- a Zion answer that does not name one result per increment -----------------------------------
 async def test_an_answer_with_fewer_results_counting_all_applied_settles_each_record_once(rig: Rig) -> None:
     """`{"processed": 3, "failed": 0, "results": [<one>]}` (truncated, or one per email): the

@@ -384,6 +384,10 @@ _OUTAGES = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, O
 # of insufficient resources (class 53), a server shutting down or starting (57P01-57P03). asyncpg's
 # errors reach SQLAlchemy as a plain DBAPIError, so a server at max_connections was a 500 per request.
 _REFUSED_STATES = frozenset({"57P01", "57P02", "57P03"})
+# A transaction PostgreSQL rolled back for another's sake (a serialization failure, a deadlock): the
+# same statements succeed when tried again, so the caller is asked to retry as in an outage. Raised
+# as bugs they were a 500 to a client and a "crashed" usage-deliverer cycle.
+_RETRY_STATES = frozenset({"40001", "40P01"})
 
 
 def _refused(exc: DBAPIError) -> str | None:
@@ -399,7 +403,7 @@ def database_errors(
     message: str = "database unavailable", error: type[ServiceUnavailable] = GovernanceUnavailable
 ) -> Iterator[None]:
     """Translate a database outage (connect failure, lost connection, pool timeout, PostgreSQL out of
-    connections or shutting down) into `error`.
+    connections or shutting down) and a transaction to try again (`_RETRY_STATES`) into `error`.
 
     Other SQLAlchemy errors (constraint violations, bad SQL) are bugs and propagate unchanged.
     """
@@ -410,6 +414,9 @@ def database_errors(
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise error(f"{message}: connection lost") from exc
+        state = getattr(exc.orig, "sqlstate", None)
+        if state in _RETRY_STATES:
+            raise error(f"{message}: the database rolled the transaction back (SQLSTATE {state})") from exc
         state = _refused(exc)
         if state is None:
             raise

@@ -5,7 +5,9 @@ or `vtt` come back without a `usage`: charged nothing and reserved nothing, a us
 plan ran them at one request each. Each is now held to the plan's token limits, by one rule a kind:
 
 - speech (`POST /v1/audio/speech`): its `input` text is what the provider bills (per character, or
-  as its tokens): its tokens (the counter's estimate) are reserved and charged as input; a model that
+  as its tokens), and its `instructions` (how to speak, which gpt-4o-mini-tts reads as text input:
+  counted whatever the model, erring stricter): their tokens (the counter's estimate) are reserved
+  and charged as input — `instructions` of any length were free —; a model that
   bills its spoken answer as audio tokens (`gpt-4o-mini-tts`: any `gpt-*` speech model) is also
   reserved and charged that audio as output (`speech_audio_tokens`: OpenAI's estimate of $0.015 a
   minute at $12 per million audio tokens is 1,250 tokens a minute, speech at 900 characters a
@@ -164,7 +166,9 @@ def media_call(
         text = fields.get("input")
         text = text if isinstance(text, str) else ""
         speed = speech_speed(fields.get("speed"))
-        return MediaCall("speech", counter.count_text(text, model), speech_audio_tokens(model, text, speed))
+        told = fields.get("instructions")  # (how to speak: text input too, billed as `input` is)
+        tokens = counter.count_text(text, model) + (counter.count_text(told, model) if isinstance(told, str) else 0)
+        return MediaCall("speech", min(MAX_TOKENS, tokens), speech_audio_tokens(model, text, speed))
     if path in IMAGES:
         prompt = fields.get("prompt")
         per_image = image_tokens(model or "dall-e-2", fields.get("size"), fields.get("quality"))

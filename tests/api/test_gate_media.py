@@ -585,3 +585,25 @@ def test_a_grader_run_whose_answer_shows_no_token_usage_is_charged_its_estimate(
         assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
     rows = ledger_rows(gw.settings.database_url, "alice")
     assert sorted((r["input_tokens"], r["output_tokens"]) for r in rows) == [(0, 0), (tokens, 0)]
+
+
+def test_speech_is_reserved_and_charged_its_instructions_too(gateway_factory: Callable[..., Gateway]) -> None:
+    """gpt-4o-mini-tts reads a speech call's `instructions` (how to speak) as text input, billed as
+    its `input` is; only `input` was counted, so instructions of any length were neither reserved
+    nor charged (a novel of them, one request and the input's few tokens). Both are reserved and
+    charged as input: a call whose instructions alone pass the input limit is refused before it runs."""
+    instructions = "Speak slowly, in the voice of a tired lighthouse keeper reading the shipping forecast. " * 40
+    counter = TokenCounter()
+    spoken, told = (counter.count_text(text, "gpt-4o-mini-tts") for text in (SPEECH_TEXT, instructions))
+    call = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": SPEECH_TEXT, "instructions": instructions}
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,input_tokens={spoken + told // 2}/1h")
+        _refused_before_upstream(gw, upstream, lambda: gw.openai().audio.speech.create(**call), 0)
+        assert ledger_rows(gw.settings.database_url, "alice") == []
+        roomy = _start(gateway_factory, srv.url, "requests=100/1h,input_tokens=1000000/1h")
+        upstream.typed(b"audio/mpeg", MP3)
+        roomy.openai().audio.speech.create(**call)
+        row = _row(roomy)
+        assert (row["input_tokens"], row["output_tokens"]) == (
+            spoken + told, speech_audio_tokens("gpt-4o-mini-tts", SPEECH_TEXT))

@@ -658,6 +658,9 @@ class OpenAIRelay:
         parsed = read_json(body)
         if isinstance(parsed, dict) and parsed.get("stream") not in (None, False):
             raise _no_passthrough_stream()
+        if isinstance(parsed, dict) and parsed.get("stream_format") not in (None, "audio"):
+            # Speech as events (`"sse"`): made and billed, then never relayed (`unoffered_stream`).
+            raise _no_passthrough_stream("stream_format")
         if reads_account_data(parsed):
             raise InvalidRequest(
                 "Eval data selected from the provider account by filter (stored responses, stored chat "
@@ -864,12 +867,13 @@ class OpenAIRelay:
 _COLLECTION = {"responses": "responses", "chat": "chat/completions"}
 
 
-def _no_passthrough_stream() -> InvalidRequest:
-    """A pass-through answer streamed (a run, a transcription, partial images) carries its usage in
-    events Sentinel does not read for it: offered on the metered endpoints only."""
+def _no_passthrough_stream(param: str = "stream") -> InvalidRequest:
+    """A pass-through answer streamed (a run, a transcription, partial images, speech as events) carries
+    its usage in events Sentinel does not read for it: offered on the metered endpoints only. `param`:
+    what asked for it (`stream`, a speech call's `stream_format`)."""
     return InvalidRequest(
-        "Streaming is not offered on this endpoint through Sentinel (its usage would go unread): leave out `stream`",
-        code="stream_not_supported", details={"param": "stream"},
+        f"Streaming is not offered on this endpoint through Sentinel (its usage would go unread): leave out `{param}`",
+        code="stream_not_supported", details={"param": param},
     )
 
 

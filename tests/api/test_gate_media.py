@@ -607,3 +607,27 @@ def test_speech_is_reserved_and_charged_its_instructions_too(gateway_factory: Ca
         row = _row(roomy)
         assert (row["input_tokens"], row["output_tokens"]) == (
             spoken + told, speech_audio_tokens("gpt-4o-mini-tts", SPEECH_TEXT))
+
+
+@pytest.mark.parametrize("stream_format", ["sse", "SSE", " sse", 1, True])
+def test_speech_asked_for_as_events_is_refused_before_anything(
+    gateway_factory: Callable[..., Gateway], stream_format: object,
+) -> None:
+    """A speech call's `stream_format: "sse"` (the openai SDK's `audio.speech.create(stream_format=
+    "sse")`) has the provider answer with events, its usage in the last: never relayed, the speech
+    was made, billed and thrown away, the caller charged and answered 502. Refused (400
+    `stream_not_supported` naming `stream_format`) before anything is reserved or sent, as a `stream`
+    is; `audio` (the default) is still served."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, "requests=100/1h,input_tokens=1000000/1h")
+        body = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": SPEECH_TEXT}
+        with gw.client() as alice:
+            refused = alice.post("/v1/audio/speech", json={**body, "stream_format": stream_format})
+        assert refused.status_code == 400, refused.text
+        error = openai_error(refused.json())
+        assert (error["code"], error["details"]["param"]) == ("stream_not_supported", "stream_format")
+        assert upstream.received == []
+        assert ledger_rows(gw.settings.database_url, "alice") == []
+        upstream.typed(b"audio/mpeg", MP3)
+        assert gw.openai().audio.speech.create(**body, stream_format="audio").content == MP3

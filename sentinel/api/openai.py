@@ -123,6 +123,20 @@ def _metered_below(path: str) -> str | None:
     return None
 
 
+def _v1_within(path: str) -> str | None:
+    """The `/v1` path `path` holds after a `v1` segment of its own below `/v1` (read as `_misspelled`
+    reads a segment: `V1`, `v1;x`, `v1.`), None when it holds none. A server in front of the provider
+    reads what follows as that `/v1` path (LiteLLM's `/v1/v1/...`, an `/openai/v1/...` pass-through
+    route): `/v1/v1/files/{id}/content`, `/v1/openai/v1/organization/admin_api_keys` or
+    `/v1/v1/batches` were sent on as spelled under `/v1/*`, another user's file read, the account's
+    keys and every user's batches listed, none of the checks of the path they name applied."""
+    segments = path[4:].split("/")
+    for at, segment in enumerate(segments):
+        if _leniently(segment) == "v1":
+            return "/v1/" + "/".join(segments[at + 1 :])
+    return None
+
+
 # Below these the provider hands out sessions that run models out of Sentinel's sight — Realtime's
 # ephemeral keys and SIP calls, ChatKit's and Live's sessions, agent sessions whose turns run on their own —,
 # metered as the one request that made them: opened only by a pattern at or below them
@@ -276,6 +290,13 @@ class OpenAIRoutes:
             raise NotFound(
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it ends as /{served}, "
                 f"which this gateway serves or charges by that path: use /{served})", code="endpoint_not_supported",
+            )
+        within = _v1_within(path)
+        if within is not None:
+            # As a trailing slash: never pass-through, never sent on to a server that may read it as that path.
+            raise NotFound(
+                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it holds /v1 again, "
+                f"and may be read as {clipped(within)}: use that path)", code="endpoint_not_supported",
             )
         pattern = self.passthrough_policy.match(path)
         if path in (LEGACY_COMPLETE, LEGACY_COMPLETE + "/"):

@@ -311,6 +311,39 @@ def test_a_metered_endpoint_with_a_suffix_or_below_another_prefix_is_never_pass_
     assert recorded_ids(gw.settings.database_url) == {r.headers["x-request-id"] for r in others}
 
 
+NESTED_V1 = [
+    ("GET", "/v1/v1/files/file-abc123/content"), ("DELETE", "/v1/v1/files/file-abc123"), ("GET", "/v1/v1/batches"),
+    ("GET", "/v1/openai/v1/organization/admin_api_keys"), ("POST", "/v1/v1/realtime/client_secrets"),
+    ("POST", "/v1/v1/videos"), ("POST", "/v1/v1/videos/video_1/remix"), ("POST", "/v1/v1/vector_stores/vs_1/search"),
+    ("POST", "/v1/v1/responses/compact"), ("DELETE", "/v1/v1/models/ft:gpt-4o-mini:acme:payroll:abc123"),
+    ("POST", "/v1/v1/messages/batches"), ("GET", "/v1/V1/files/file-abc123"), ("GET", "/v1/x/v1;x/files/file-abc123"),
+    ("GET", "/v1/x/v1./batches"), ("POST", "/v1/v1"),
+]
+
+
+def test_a_path_holding_v1_again_is_never_pass_through(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """A server in front of the provider reads what follows a second `v1` as a `/v1` path (LiteLLM's
+    `/v1/v1/...`, an `/openai/v1/...` pass-through route), as it reads `/v1/v1/chat/completions`.
+    With `/v1/*` allowed, such paths were sent on as spelled, none of the checks of the path they name
+    applied: another user's file read or deleted, every user's batches listed, the account's admin
+    keys read, a Realtime secret made, a video, a search or a compaction run for one request and no
+    token, a fine-tuned model deleted, Message Batches sent to the OpenAI upstream. Each is 404
+    `endpoint_not_supported` naming the path it may be read as, nothing sent or recorded; other
+    paths still go."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*")
+    with gw.client() as alice:
+        refused = [alice.request(method, path, json=None if method in ("GET", "DELETE") else {"model": "sora-2-pro"})
+                   for method, path in NESTED_V1]
+        assert spy.seen == []
+        allowed = alice.post("/v1/moderations", json=MODERATION)
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), (r.request.url, r.text)
+    assert "/v1/files/file-abc123/content" in openai_error(refused[0].json())["message"]
+    assert allowed.status_code == 200, allowed.text
+    assert spy.paths() == ["/v1/moderations"]
+    assert recorded_ids(gw.settings.database_url) == {allowed.headers["x-request-id"]}
+
+
 SESSIONS = [
     "/v1/realtime/client_secrets", "/v1/realtime/sessions", "/v1/realtime/transcription_sessions",
     "/v1/realtime/calls/rtc_1/accept", "/v1/realtime/translations/client_secrets", "/v1/chatkit/sessions",

@@ -568,6 +568,12 @@ class OpenAIRelay:
             await self._require_models(self._unoffered_tuned(models), identity)
             fields: dict[str, Any] = {}
             once = read_once(segments)
+            for index in upload.named(READ_FIELDS.__contains__) if once else ():
+                name = upload.parts[index][0].partition("[")[0]
+                if upload.parts[index][0] != name:  # `n[]`, `size[0]`: read as the field by a reader taking
+                    # `image[]` as one of the images (the provider), skipped here: another call than Sentinel's
+                    raise InvalidRequest(f"An upload to this endpoint gives its `{name}` plainly (not `{name}[]`): "
+                                         "its charge is read from it", details={"param": name})
             for name, value, is_file in upload.parts:
                 if is_file and once and name in READ_FIELDS and name not in uploads:
                     # skipped here, a provider reading it as the field bills another call than Sentinel's

@@ -272,6 +272,32 @@ def test_an_upload_giving_a_field_its_charge_is_read_from_as_a_file_is_refused(
         assert ledger_rows(gw.settings.database_url, "alice") == []
 
 
+@pytest.mark.parametrize(("path", "files", "field", "value"), [
+    ("/v1/images/variations", {"image": ("a.png", b"\x89PNG")}, "n[]", "10"),
+    ("/v1/images/edits", {"image[]": ("a.png", b"\x89PNG")}, "size[0]", "1792x1024"),
+    ("/v1/images/edits", {"image[]": ("a.png", b"\x89PNG")}, "quality[]", "hd"),
+    ("/v1/audio/transcriptions", {"file": ("a.mp3", MP3)}, "response_format[]", "text"),
+], ids=["count", "size", "quality", "format"])
+def test_an_upload_giving_a_field_its_charge_is_read_from_as_a_list_is_refused(
+    gateway_factory: Callable[..., Gateway], path: str, files: dict[str, tuple[str, bytes]], field: str, value: str,
+) -> None:
+    """The provider reads `image[]` as one of the images on `image`; a reader that does reads `n[]`
+    as `n` too, which Sentinel skipped as another field: it reserved one image of the default size
+    and quality (and charged each image made so) where the provider made ten, or hd landscapes.
+    Refused (400 naming the field) before anything is reserved or sent; a list field the charge is
+    not read from (`timestamp_granularities[]`) still goes."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, "requests=100/1h,input_tokens=30000/1h,output_tokens=100000/1h")
+        with gw.client() as alice:
+            refused = alice.post(path, files=files, data={
+                "model": "whisper-1" if "audio" in path else "dall-e-2", "prompt": "a cat", field: value})
+        assert refused.status_code == 400, refused.text
+        assert openai_error(refused.json())["details"]["param"] == field.partition("[")[0]
+        assert upstream.received == []
+        assert ledger_rows(gw.settings.database_url, "alice") == []
+
+
 VIDEOS = "/v1/videos,/v1/videos/*,/v1/vector_stores,/v1/vector_stores/*"
 
 

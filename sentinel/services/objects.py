@@ -561,8 +561,9 @@ class Upload:
     def streams(self) -> bool:
         """Whether the upload asks for its answer as a stream (`stream=true`: a transcription): any
         `stream` value but a false one. Readers take more than `true` and `1` as true (`on`, `yes`,
-        `t` and `y` in pydantic, `T` and `True` in Go): only what none reads as true is left alone."""
-        return asks_stream(self.values("stream"))
+        `t` and `y` in pydantic, `T` and `True` in Go): only what none reads as true is left alone.
+        `stream[]` and `stream[0]` too: a reader taking `image[]` as one of the images reads them as `stream`."""
+        return asks_stream(self.parts[index][1] for index in self.named("stream".__eq__))
 
 
 _FALSE = frozenset({b"", b"false", b"0", b"no", b"off", b"f", b"n"})

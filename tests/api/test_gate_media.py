@@ -657,3 +657,27 @@ def test_speech_asked_for_as_events_is_refused_before_anything(
         assert ledger_rows(gw.settings.database_url, "alice") == []
         upstream.typed(b"audio/mpeg", MP3)
         assert gw.openai().audio.speech.create(**body, stream_format="audio").content == MP3
+
+
+@pytest.mark.parametrize("field", ["stream[]", "stream[0]"])
+def test_a_transcription_asking_for_a_stream_as_a_list_is_refused_before_anything(
+    gateway_factory: Callable[..., Gateway], field: str,
+) -> None:
+    """A transcription's `stream` form field is refused (its usage would come in events Sentinel does
+    not relay); given as `stream[]` — which a reader taking `image[]` as one of the images reads as
+    `stream` — it was sent on: the provider's events, made and billed, never relayed (502, charged).
+    Refused alike (400 `stream_not_supported`) before anything is reserved or sent."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, "requests=100/1h,input_tokens=30000/1h")
+        with gw.client() as alice:
+            refused = alice.post("/v1/audio/transcriptions", files={"file": ("a.mp3", MP3)},
+                                 data={"model": "gpt-4o-transcribe", field: "true"})
+            upstream.json({"text": "hi", "usage": {"type": "duration", "seconds": 1.0}})
+            unasked = alice.post("/v1/audio/transcriptions", files={"file": ("a.mp3", MP3)},
+                                 data={"model": "whisper-1", field: "false"})
+        assert refused.status_code == 400, refused.text
+        assert openai_error(refused.json())["code"] == "stream_not_supported"
+        assert unasked.status_code == 200, unasked.text
+        assert len(upstream.received) == 1
+        assert _row(gw)["status"] == 200

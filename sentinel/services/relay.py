@@ -343,12 +343,11 @@ class OpenAIRelay:
                 if media is not None and query is not None:
                     # Charged by what its body names (its model, size, seconds): a query sent on would be
                     # read upstream unchecked, as on the metered endpoints (a LiteLLM proxy's `?model=`).
-                    raise InvalidRequest(
-                        "This call takes no query parameters (they go in the body): its charge is read from the "
-                        "body, and the provider would read what Sentinel does not check", code="unsupported_query",
-                    )
+                    raise _media_query()
         elif creates_batch:
             await self.ownership.require_batch_input("", identity.external_id)  # a batch names its input
+        if not body and query is not None and method == "POST" and media_call(self.counter, segments, {}) is not None:
+            raise _media_query()  # (no body: the query alone, `?model=dall-e-3&n=10`, would name the call)
         with ex.spans.span("sentinel.quota.admit"):
             if creates_batch and batch is not None:  # its lines, as the requests they are
                 admission = await self.meter.admit_batch(
@@ -880,6 +879,15 @@ def _no_passthrough_stream(param: str = "stream") -> InvalidRequest:
     return InvalidRequest(
         f"Streaming is not offered on this endpoint through Sentinel (its usage would go unread): leave out `{param}`",
         code="stream_not_supported", details={"param": param},
+    )
+
+
+def _media_query() -> InvalidRequest:
+    """A media call (`media_call`) given a query: charged by what its body names, a query sent on would
+    be read upstream unchecked, as on the metered endpoints (a LiteLLM proxy's `?model=`)."""
+    return InvalidRequest(
+        "This call takes no query parameters (they go in the body): its charge is read from the "
+        "body, and the provider would read what Sentinel does not check", code="unsupported_query",
     )
 
 

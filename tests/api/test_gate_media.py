@@ -229,6 +229,26 @@ def test_a_media_call_with_a_query_is_refused_before_anything(gateway_factory: C
         assert ledger_rows(gw.settings.database_url, "alice") == []
 
 
+def test_a_media_call_with_a_query_and_no_body_is_refused_before_anything(gateway_factory: Callable[..., Gateway]) -> None:
+    """A media call's query was refused only beside a body: with none, `POST /v1/images/generations
+    ?model=dall-e-3&prompt=...&n=10` went upstream as a call no body named — reserved nothing, and
+    charged nothing for the images a server reading the query (a LiteLLM proxy's `?model=`) made.
+    Refused alike (400 `unsupported_query`) before anything is reserved or sent."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", passthrough="/v1/audio/*,/v1/images/*,/v1/videos")
+        upstream.json({"created": 1, "data": IMAGE["data"] * 10})
+        with gw.client() as alice:
+            refused = [alice.post(path) for path in (
+                "/v1/images/generations?model=dall-e-3&prompt=a+cat&n=10&quality=hd",
+                "/v1/audio/speech?model=gpt-4o-mini-tts&voice=alloy&input=hi", "/v1/videos?model=sora-2-pro&seconds=12",
+            )]
+        for r in refused:
+            assert (r.status_code, openai_error(r.json())["code"]) == (400, "unsupported_query"), r.text
+        assert upstream.received == []
+        assert ledger_rows(gw.settings.database_url, "alice") == []
+
+
 def test_an_upload_giving_a_field_its_charge_is_read_from_twice_is_refused(gateway_factory: Callable[..., Gateway]) -> None:
     # `json` then `text`: read as the first, a call whose answer shows its usage; answered as the
     # second, a transcript without usage, charged nothing.

@@ -91,7 +91,7 @@ READ_FIELDS = frozenset({"model", "n", "size", "quality", "response_format", "pr
 GPT_IMAGE_TOKENS = {"low": (272, 408, 400), "medium": (1056, 1584, 1568), "high": (4160, 6240, 6208)}
 # A quality as the images API names it, by gpt-image-1's: dall-e-3's `standard` and `hd`.
 _QUALITIES = {"low": "low", "medium": "medium", "standard": "medium", "high": "high", "hd": "high"}
-MAX_IMAGES = 10  # the most images a call may ask for (`n`): what is reserved past it
+MAX_IMAGES = 10  # the most images a call may ask for (`n`, OpenAI's bound): more is refused
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -173,7 +173,7 @@ def media_call(
         prompt = fields.get("prompt")
         per_image = image_tokens(model or "dall-e-2", fields.get("size"), fields.get("quality"))
         return MediaCall("images", counter.count_text(prompt, model) if isinstance(prompt, str) else 0,
-                         per_image * min(MAX_IMAGES, image_count(fields.get("n"))), per_image)
+                         per_image * image_count(fields.get("n")), per_image)
     if path in TRANSCRIPTS:
         format_ = _word(fields.get("response_format"))
         return MediaCall("transcript", cues=format_ in CUED_FORMATS, as_json=format_ not in TEXT_FORMATS)
@@ -384,11 +384,13 @@ def _word(value: Any) -> str:
 def image_count(value: Any) -> int:
     """An image call's `n` (a JSON integer, or digits: an upload's text, the SDK's `"2"`), 1 when not
     given; InvalidRequest (400) for anything else — a float, a boolean, a string of no digits, 0: read
-    as no count it reserved one image, while a provider taking `10.0` for ten made ten."""
+    as no count it reserved one image, while a provider taking `10.0` for ten made ten — and past
+    MAX_IMAGES, which OpenAI refuses: reserved as ten, a server making them all passed an output
+    limit by the rest (charged after, each call of a burst admitted for ten)."""
     if value is None:
         return 1
     if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip()[:6])
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidRequest("`n` must be a whole number of images, at least 1", details={"param": "n"})
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_IMAGES:
+        raise InvalidRequest(f"`n` must be a whole number of images from 1 to {MAX_IMAGES}", details={"param": "n"})
     return value

@@ -418,14 +418,16 @@ def test_a_vector_store_search_rewriting_its_query_is_charged_the_query(gateway_
     assert openai_error(refused.value.response.json())["code"] == "quota_exceeded"
 
 
-@pytest.mark.parametrize("n", [10.0, True, "ten", 0, -2])
+@pytest.mark.parametrize("n", [10.0, True, "ten", 0, -2, 11, "11", 10**9])
 def test_an_image_call_of_a_count_that_is_no_whole_number_is_refused(
     gateway_factory: Callable[..., Gateway], n: object,
 ) -> None:
     """An image call's `n` that was no count (`10.0`, `true`, `"ten"`, 0) was read as one image and
     reserved so, then sent: a provider taking `10.0` for ten made ten on a plan with room for one (its
     answer charged after, past the limit). Refused (400 naming `n`) before anything is reserved or
-    sent, as a video's `seconds` is; JSON digits and an upload's text are still counts."""
+    sent, as a video's `seconds` is; JSON digits and an upload's text are still counts. So is an `n`
+    past 10 (which OpenAI refuses): it was reserved as ten, and a server making them all passed an
+    output limit by the rest."""
     upstream = ScriptedUpstream()
     with serving(upstream) as srv:
         gw = _start(gateway_factory, srv.url, "requests=100/1h,output_tokens=1000000/1h")

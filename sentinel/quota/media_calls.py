@@ -89,6 +89,9 @@ READ_FIELDS = frozenset({"model", "n", "size", "quality", "response_format", "pr
 # gpt-image-1's output tokens per image (OpenAI's image generation guide), by quality: a square
 # (1024 x 1024), a portrait (1024 x 1536) and a landscape (1536 x 1024) image.
 GPT_IMAGE_TOKENS = {"low": (272, 408, 400), "medium": (1056, 1584, 1568), "high": (4160, 6240, 6208)}
+# The areas GPT_IMAGE_TOKENS' figures are for (a square's, a portrait's or landscape's), and the largest
+# any OpenAI image model makes (dall-e-3's 1792 x 1024): an image larger than it is charged by its area.
+IMAGE_AREA, WIDE_IMAGE_AREA, LARGEST_IMAGE_AREA = 1024 * 1024, 1536 * 1024, 1792 * 1024
 # A quality as the images API names it, by gpt-image-1's: dall-e-3's `standard` and `hd`.
 _QUALITIES = {"low": "low", "medium": "medium", "standard": "medium", "high": "high", "hd": "high"}
 MAX_IMAGES = 10  # the most images a call may ask for (`n`, OpenAI's bound): more is refused
@@ -326,7 +329,9 @@ def image_tokens(model: str, size: Any, quality: Any) -> int:
     """What one image of `size` (`WxH`) and `quality` costs: gpt-image-1's tokens for its shape and
     quality (GPT_IMAGE_TOKENS). A `dall-e-*` image is `standard` (medium) and 1024 x 1024 unless it
     says otherwise; any other quality (`auto`, none) is high, and a size that is no `WxH` (`auto`,
-    none) the dearest shape, a portrait."""
+    none) the dearest shape, a portrait. A size larger than any OpenAI model makes (LARGEST_IMAGE_AREA:
+    `4096x4096`, which a lenient server may make) is as many images of its shape as its area covers:
+    charged as one 1024 x 1024 image, it was a sixteenth of what such a server made."""
     dalle = model.rsplit("/", 1)[-1].lower().startswith("dall-e")
     default = "medium" if dalle else "high"
     figures = GPT_IMAGE_TOKENS[_QUALITIES.get(_word(quality), default)]
@@ -334,7 +339,10 @@ def image_tokens(model: str, size: Any, quality: Any) -> int:
     if found is None:
         return figures[0] if dalle and size is None else max(figures)
     width, height = int(found[1]), int(found[2])
-    return figures[0] if width == height else figures[1] if height > width else figures[2]
+    figure = figures[0] if width == height else figures[1] if height > width else figures[2]
+    if width * height > LARGEST_IMAGE_AREA:  # no OpenAI model's size: as many of its shape's images as it covers
+        figure = min(MAX_TOKENS, -(-figure * width * height // (IMAGE_AREA if width == height else WIDE_IMAGE_AREA)))
+    return figure
 
 
 def media_charge(call: MediaCall, answer: Any, raw: bytes) -> tuple[int, int | None, str]:

@@ -108,6 +108,27 @@ def test_dalle_images_are_charged_per_image_made_and_held_to_the_output_limit(
             model="dall-e-3", prompt="a lighthouse at dawn", n=2, size="1792x1024", quality="hd"), 1)
 
 
+def test_an_image_larger_than_any_openai_model_makes_is_charged_by_its_area(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A `dall-e-2` image of `4096x4096` (no OpenAI model makes one; a lenient server may) was charged
+    as one 1024 x 1024 image: a sixteenth of what it made. It is reserved and charged as the sixteen
+    1024 x 1024 images its area covers, and held to the output limit: one such image past it is
+    refused before it runs."""
+    square = image_tokens("dall-e-2", "1024x1024", None)
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,output_tokens={16 * square + 8 * square}/1h")
+        upstream.json(IMAGE)
+        with gw.client() as alice:
+            made = alice.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "a map", "size": "4096x4096"})
+            assert made.status_code == 200, made.text
+            assert _row(gw)["output_tokens"] == 16 * square
+            again = alice.post("/v1/images/generations", json={"model": "dall-e-2", "prompt": "a map", "size": "4096x4096"})
+        assert again.status_code == 429, again.text
+        assert len(upstream.received) == 1
+
+
 def test_an_image_variation_upload_is_charged_its_images(gateway_factory: Callable[..., Gateway]) -> None:
     per_image = image_tokens("dall-e-2", "512x512", None)
     upstream = ScriptedUpstream()

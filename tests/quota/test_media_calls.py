@@ -37,6 +37,10 @@ COUNTER = TokenCounter()
         ("gpt-image-1", "auto", "low", GPT_IMAGE_TOKENS["low"][1]),
         ("gpt-image-1", "1536x1024", "auto", GPT_IMAGE_TOKENS["high"][2]),
         ("dall-e-3", ["1024x1024"], {"q": 1}, max(GPT_IMAGE_TOKENS["medium"])),  # no size or quality read
+        ("dall-e-3", "1792x1024", "hd", GPT_IMAGE_TOKENS["high"][2]),  # the largest an OpenAI model makes
+        ("dall-e-2", "2048x2048", None, 4 * GPT_IMAGE_TOKENS["medium"][0]),  # larger: by its area
+        ("gpt-image-1", "3072x2048", "low", 4 * GPT_IMAGE_TOKENS["low"][2]),
+        ("gpt-image-1", "1024x3073", "high", -(-GPT_IMAGE_TOKENS["high"][1] * 1024 * 3073 // (1536 * 1024))),
     ],
 )
 def test_an_image_is_what_gpt_image_1_bills_for_its_shape_and_quality(

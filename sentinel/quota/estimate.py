@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from sentinel.native.openai_checks import output_multiplier, prompt_count
@@ -271,6 +272,17 @@ def reasoning_off(endpoint: str, payload: dict[str, Any], kind: str = "openai") 
     return False
 
 
+# The fields each endpoint caps its output with (built once: a literal in `max_output` was rebuilt
+# on every request).
+_OUTPUT_CAPS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "chat": ("max_completion_tokens", "max_tokens"),
+    "native": ("max_tokens",),
+    "completions": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+    "messages": ("max_tokens",),
+})
+
+
 def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
     """The most output tokens the request can produce: its own cap (or `default`) times the number
     of completions it asks for (`n`, `best_of`), at most MAX_RESERVED_OUTPUT. A chat request giving
@@ -280,13 +292,7 @@ def max_output(endpoint: str, payload: dict[str, Any], default: int) -> int:
     of the other (`max_completion_tokens: 1, max_tokens: 100000` reserved 1)."""
     if endpoint == "embeddings":
         return 0
-    keys = {
-        "chat": ("max_completion_tokens", "max_tokens"),
-        "native": ("max_tokens",),
-        "completions": ("max_tokens",),
-        "responses": ("max_output_tokens",),
-        "messages": ("max_tokens",),
-    }.get(endpoint, ())
+    keys = _OUTPUT_CAPS.get(endpoint, ())
     caps = [value for key in keys
             if isinstance(value := payload.get(key), int) and not isinstance(value, bool) and value > 0]
     cap = max(caps) if caps else 16 if endpoint == "completions" else default

@@ -449,7 +449,9 @@ class TokenCounter:
             legacy_call = message.get("function_call")
             if isinstance(legacy_call, Mapping):
                 total += count(_str(legacy_call.get("name"))) + count(_arguments(legacy_call.get("arguments")))
-            total += count(_str(message.get("tool_call_id")))
+            answered = message.get("tool_call_id")  # (a tool's result: most messages have none to count)
+            if isinstance(answered, str) and answered:
+                total += count(answered)
         if tools:
             total += count(json.dumps(list(tools), separators=(",", ":"), ensure_ascii=False))
         return total

@@ -157,10 +157,11 @@ class OpenAIRelay:
                 # Ask the upstream for the final usage chunk; strip it from the client's stream.
                 payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
                 strip_usage = True
+        stores = _stores_objects(endpoint, payload)
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
         held = await self.ownership.contexts(carried) if carried else {}
         request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
-                          identity if _stores_objects(endpoint, payload) else None,
+                          identity if stores else None,
                           extends=[(conversation, held.get(conversation, 0)) for conversation in extends],
                           previous=carried[0] if len(carried) > len(extends) else None,  # (named first)
                           speaker=identity if endpoint == "chat" else None, heavy=heavy,
@@ -193,7 +194,7 @@ class OpenAIRelay:
         try:
             reply = await self.routes.call(
                 targets, lambda target: self._serve(ex, request, target, admission), on_attempt,
-                caller=identity.external_id, one_provider=_stores_objects(endpoint, payload) or bool(references),
+                caller=identity.external_id, one_provider=stores or bool(references),
             )
         except BaseException as exc:  # noqa: BLE001 - see `Meter.fail` (cancelled, a bug: not only our errors)
             await self.meter.fail(admission, exc)

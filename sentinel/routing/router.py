@@ -205,7 +205,7 @@ class TierRouter:
                 )
             chosen = next((e for e in pool if e.provider == prefer), None) if prefer else None
             chosen = chosen or self.selector.choose(pool)
-        self.metrics.model_selections.labels(tier, chosen.provider, chosen.model).inc()
+        self.metrics.add(self.metrics.child(self.metrics.model_selections, tier, chosen.provider, chosen.model))
         return chosen, states[(chosen.provider, chosen.model)] is not None
 
     async def _trial(
@@ -261,7 +261,7 @@ class TierRouter:
             try:
                 session = await self.sessions.get(conv, identity.external_id)
             except StoreUnavailable:
-                self.metrics.sessions.labels("store_error").inc()
+                self.metrics.add(self.metrics.child(self.metrics.sessions, "store_error"))
                 self._outage.warning("session store unavailable: serving without stickiness")
                 conv = None
         trials: list[tuple[str, str, str]] = []
@@ -373,7 +373,7 @@ class TierRouter:
         try:
             won = await self.sessions.create(session)  # a lost reply settled by the claim token
         except StoreUnavailable:  # written or not, unknown: `commit` settles it once answered
-            self.metrics.sessions.labels("store_error").inc()
+            self.metrics.add(self.metrics.child(self.metrics.sessions, "store_error"))
             self._outage.warning("could not create the session (store unavailable)")
             return
         decision.session = won
@@ -450,7 +450,7 @@ class TierRouter:
             if await self.sessions.replace(read, new):
                 log.info("session moved off a model gone for good", extra={
                     "from": f"{read.provider}/{read.model}", "to": f"{new.provider}/{new.model}"})
-                self.metrics.sessions.labels("migrated").inc()
+                self.metrics.add(self.metrics.child(self.metrics.sessions, "migrated"))
                 decision.session, decision.pending_write, decision.event = new, "touch", None
                 return
             current = await self.sessions.get(decision.conversation_id, read.external_id)
@@ -461,7 +461,7 @@ class TierRouter:
                     decision.session, decision.pending_write, decision.event = anew, "touch", "created"
                     return
         except StoreUnavailable:
-            self.metrics.sessions.labels("store_error").inc()
+            self.metrics.add(self.metrics.child(self.metrics.sessions, "store_error"))
             self._outage.warning("could not move a session off a model gone for good (store unavailable)")
             return  # written once answered (`commit`), as any migration
         if current.provider not in self.providers:
@@ -481,7 +481,7 @@ class TierRouter:
         try:
             await self.sessions.delete_if(decision.created)
         except StoreUnavailable:
-            self.metrics.sessions.labels("store_error").inc()
+            self.metrics.add(self.metrics.child(self.metrics.sessions, "store_error"))
             self._outage.warning("could not remove an unanswered first turn's session (store unavailable)")
 
     async def commit(self, identity: Identity, decision: RouteChoice) -> None:
@@ -520,7 +520,7 @@ class TierRouter:
                         if decision.session is anew:
                             event = "created"
                     if event:
-                        self.metrics.sessions.labels(event).inc()
+                        self.metrics.add(self.metrics.child(self.metrics.sessions, event))
                     return
                 migrated = decision.event == "migrated"
                 new = replace(read, tier=decision.tier, provider=decision.provider, model=decision.model,
@@ -543,7 +543,7 @@ class TierRouter:
                         log.info("session changed by a concurrent request; left as it is",
                                  extra={"event": decision.event, "model": f"{decision.provider}/{decision.model}"})
                         if decision.created is not None:  # it created the session, and was answered
-                            self.metrics.sessions.labels("created").inc()
+                            self.metrics.add(self.metrics.child(self.metrics.sessions, "created"))
                         return
                     new = anew
                 decision.session = new
@@ -551,11 +551,11 @@ class TierRouter:
                     log.info("session migrated", extra={"from": f"{read.provider}/{read.model}",
                                                         "to": f"{new.provider}/{new.model}"})
         except StoreUnavailable:
-            self.metrics.sessions.labels("store_error").inc()
+            self.metrics.add(self.metrics.child(self.metrics.sessions, "store_error"))
             self._outage.warning("could not save the session (store unavailable)")
             return
         if decision.event:
-            self.metrics.sessions.labels(decision.event).inc()
+            self.metrics.add(self.metrics.child(self.metrics.sessions, decision.event))
 
     async def may_serve(self, decision: RouteChoice) -> list[TierModelEntry]:
         """The models that may answer `decision`'s request: its own and the other candidates of the

@@ -53,6 +53,7 @@ def request(tier: str = "simple", conv: str | None = "conv-1") -> ChatRequest:
 
 
 def sessions_count(router: TierRouter, event: str) -> float:
+    router.metrics.flush()  # (counts are held until a scrape: `Metrics.add`)
     return router.metrics.registry.get_sample_value("sentinel_sessions_total", {"event": event}) or 0.0
 
 

@@ -55,8 +55,8 @@ class Redactor:
 
     def __call__(self, text: str, also: tuple[str, ...] = ()) -> str:
         """`text` without the keys, JWTs and configured secrets, nor `also` (a request's own credential,
-        of any shape: `sentinel.api.context.caller_credentials`), each one at least MIN_REDACTED long
-        looked for with one substring check. The patterns first: a Sentinel key stays `sk-sentinel-***`."""
+        of any shape: `sentinel.api.context.caller_credentials`; a Sentinel key's body even without its
+        prefix), each one at least MIN_REDACTED long looked for with one substring check. The patterns first: a Sentinel key stays `sk-sentinel-***`."""
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
@@ -65,6 +65,10 @@ class Redactor:
         if JWT_PREFIX in text:
             text = _JWT.sub(REDACTED, text)
         for secret in also:
+            # A Sentinel key's body alone is the key (its prefix is public): a client that put it in a
+            # path, its X-Request-Id or a model name without the prefix had it logged, so the body is
+            # what is looked for (the key whole is the pattern's already).
+            secret = secret.removeprefix(SENTINEL_KEY_PREFIX)
             if len(secret) >= MIN_REDACTED and secret in text:
                 text = text.replace(secret, REDACTED)
         return text

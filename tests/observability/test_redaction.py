@@ -122,3 +122,35 @@ def test_a_request_id_holding_a_key_is_replaced_not_logged_or_echoed(
     access = {line["request_id"] for line in map(orjson.loads, filter(lambda x: x.startswith("{"), err.splitlines()))
               if line["logger"] == "sentinel.access"}
     assert set(ids) <= access  # each request was logged, under the id it was answered with
+
+
+def test_a_key_body_without_its_prefix_is_in_no_log_line_nor_taken_as_a_request_id(
+    gateway_factory: Callable[..., Gateway], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The prefix of a Sentinel key is public: its 40-character body alone is the key. A client that
+    put its own key's body (the prefix dropped) in a path, its X-Request-Id or a model name had it
+    written in the access and error lines, and the id kept in the ledger and sent to the provider."""
+    with json_logs():
+        gw = gateway_factory(access_log=True)
+        body = gw.key[len(KEY_PREFIX):]
+        user = {"Authorization": f"Bearer {gw.key}"}
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            answers = [
+                http.get(f"/v1/files/{body}", headers=user),  # 404 quoting the path
+                http.post("/v1/chat/completions", json={**chat, "model": body}, headers=user),  # 404 quoting the model
+                http.get("/v1/models", headers={**user, "X-Request-Id": body}),
+                http.get(f"/v1/{body}", headers={"x-api-key": gw.key}),
+            ]
+        gw.server.stop()  # the lifespan shutdown writes the last batch of access lines
+        err = capfd.readouterr().err
+    assert [a.status_code for a in answers] == [404, 404, 200, 404], [a.text for a in answers]
+    assert body not in err
+    assert answers[2].headers["x-request-id"] != body and len(answers[2].headers["x-request-id"]) == 32
+    lines = [orjson.loads(line) for line in err.splitlines() if line.startswith("{")]
+    access = {line["request_id"]: line for line in lines if line["logger"] == "sentinel.access"}
+    assert access[answers[0].headers["x-request-id"]]["path"] == "/v1/files/***"
+    assert access[answers[3].headers["x-request-id"]]["path"] == "/v1/***"
+    # Someone else's text of the key's shape is no secret of this request: an ordinary path stays as sent.
+    assert Redactor()("/v1/files/" + body, also=("sk-sentinel-short",)) == "/v1/files/" + body
+    assert Redactor()("/v1/files/" + body, also=(gw.key,)) == "/v1/files/***"

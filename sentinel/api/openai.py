@@ -326,8 +326,9 @@ class OpenAIRoutes:
         identity = await self.deps.authenticate(request)
         # Sentinel's key shape, and the caller's own credential whatever its kind (a JWT, a Zion token:
         # `?access_token=` as OAuth clients write it went on to the provider's logs) unless it is so
-        # short that ordinary text holds it (as the log redaction does not look for one).
-        token = self.deps.credential(request)
+        # short that ordinary text holds it (as the log redaction does not look for one). A Sentinel
+        # key's body alone is the key (its prefix is public): it is what is looked for.
+        token = self.deps.credential(request).removeprefix(KEY_PREFIX)
         credentials = (KEY_PREFIX, token) if len(token) >= MIN_REDACTED else (KEY_PREFIX,)
         query = query_items(request)
         if query is not None and any(shown in text for item in query for text in item for shown in credentials):

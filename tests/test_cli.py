@@ -603,6 +603,12 @@ def test_revoking_by_the_key_itself_never_shows_the_key(tmp_path: Path) -> None:
     lines = [line for line in pasted.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "not a key id" in lines[0] and "keys list" in lines[0], pasted.stderr
     assert key not in pasted.stderr and key[len("sk-sentinel-"):][:8] not in pasted.stderr
+    # Its body alone (the public prefix dropped) is the key too: it was `no such key: '<body>'`.
+    body = run(["keys", "revoke", f" {key[len('sk-sentinel-'):]}"], env)
+    assert body.returncode == 2 and "not a key id" in body.stderr, (body.returncode, body.stderr)
+    assert key[len("sk-sentinel-"):][:8] not in body.stderr
+    extra = run(["keys", "list", key[len("sk-sentinel-"):]], env)  # argparse quotes an argument it did not expect
+    assert extra.returncode == 2 and "unrecognized arguments: ***" in extra.stderr, extra.stderr
     assert "active" in run(["keys", "list"], env).stdout  # nothing revoked
     hostile = run(["keys", "revoke", "key_\x1b]2;pwned\x07" + "x" * 5000], env)
     assert hostile.returncode == 1, hostile.stderr

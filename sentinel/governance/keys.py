@@ -29,6 +29,7 @@ from sentinel.domain.identity import Identity
 from sentinel.errors import InvalidRequest
 from sentinel.governance.identity import Expired
 from sentinel.observability.logging import Repeated
+from sentinel.observability.redaction import is_key_body
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,11 @@ def generate_key() -> str:
 
 def is_api_key(value: str) -> bool:
     """Whether `value`, given where a key id goes, is an API key itself (pasted for its id): the CLI,
-    the admin API and the console refuse it without quoting it back (`PASTED_KEY`)."""
-    return value.strip().startswith(KEY_PREFIX)
+    the admin API and the console refuse it without quoting it back (`PASTED_KEY`). Its body alone
+    (the public prefix dropped: `is_key_body`) is the key too; a key id (`key_` and 12 hex digits)
+    never has that shape."""
+    value = value.strip()
+    return value.startswith(KEY_PREFIX) or is_key_body(value)
 
 
 def hash_key(token: str) -> str:

@@ -3,14 +3,15 @@
 `redact(text, secret)` replaces one known secret (the provider key a request was sent with) in an
 error answer or event, str or bytes. `Redactor` is for what a client sends that Sentinel logs (a
 request path, an error message quoting it): it replaces every Sentinel API key (`sk-sentinel-` and
-its body, whatever key it is) and every configured secret (provider keys, the admin, docs and Zion
-keys, ...) with `***`. A client that puts its key in a URL, or an operator who pastes a key where a
-key id goes (`POST /admin/api/keys/sk-sentinel-.../revoke`), leaves no key in the logs. A JWT (three
+its body, whatever key it is; the body alone too, 40 characters of its alphabet mixing upper and
+lower case) and every configured secret (provider keys, the admin, docs and Zion keys, ...) with
+`***`. A client that puts its key in a URL, or an operator who pastes a key where a key id goes (`POST /admin/api/keys/sk-sentinel-.../revoke`), leaves no key in the logs. A JWT (three
 base64url segments joined by dots, the first starting `eyJ`: a signed header's `{"`) is taken out
 whole too: a bearer credential wherever it is found (a client's X-Request-Id, a URL's query).
 
 It runs on every access-log line, so the common case costs a few substring checks (C speed, no
-regex): a pattern is applied only when `sk-sentinel-` (or `eyJ`) is in the text.
+regex): a pattern is applied only when `sk-sentinel-` (or `eyJ`) is in the text, the key body's only
+to text of at least 40 characters.
 """
 
 from __future__ import annotations
@@ -28,11 +29,30 @@ REDACTED = "***"
 # keeps the two the same).
 SENTINEL_KEY_PREFIX = "sk-sentinel-"
 _SENTINEL_KEY = re.compile(r"sk-sentinel-[A-Za-z0-9_\-]*")
+# Its body alone (the prefix dropped) is the key too: 40 characters of that alphabet standing alone
+# (no such character either side). Found without the prefix only when it mixes upper and lower case,
+# as a random body all but always does (a 40-character body without either: about 2 in 10^9), and as
+# a model name, a hex digest (SHA-1's 40 digits) or a `key_...` id of the same length does not.
+SENTINEL_KEY_BODY_CHARS = 40
+_KEY_BODY = re.compile(rf"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{{{SENTINEL_KEY_BODY_CHARS}}}(?![A-Za-z0-9_\-])")
 JWT_PREFIX = "eyJ"  # base64url of `{"`, how every JWT's header starts
 # A JWT: header, payload and signature (empty when unsigned, `alg: none`), base64url each.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 
 Text = TypeVar("Text", str, bytes)
+
+
+def is_key_body(text: str) -> bool:
+    """Whether `text` is, whole, what a Sentinel key's body looks like (see `_KEY_BODY`)."""
+    return _KEY_BODY.fullmatch(text) is not None and _mixed_case(text)
+
+
+def _mixed_case(text: str) -> bool:
+    return text != text.lower() and text != text.upper()
+
+
+def _key_body(match: re.Match[str]) -> str:
+    return REDACTED if _mixed_case(match.group()) else match.group()
 
 
 def redact(text: Text, secret: str | None) -> Text:
@@ -64,6 +84,8 @@ class Redactor:
             text = _SENTINEL_KEY.sub(SENTINEL_KEY_PREFIX + REDACTED, text)
         if JWT_PREFIX in text:
             text = _JWT.sub(REDACTED, text)
+        if len(text) >= SENTINEL_KEY_BODY_CHARS:  # (most paths are shorter: no regex for them)
+            text = _KEY_BODY.sub(_key_body, text)
         for secret in also:
             # A Sentinel key's body alone is the key (its prefix is public): a client that put it in a
             # path, its X-Request-Id or a model name without the prefix had it logged, so the body is

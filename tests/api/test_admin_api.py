@@ -767,7 +767,8 @@ def test_a_key_given_for_its_id_is_refused_without_quoting_it(gw: Gateway) -> No
     with gw.admin() as client:
         created = client.post("/admin/api/users/pasted/keys", json={"name": "laptop"})
         key = created.json()["key"]
-        for path in (f"/admin/api/keys/{key}/revoke", f"/admin/api/keys/%20{key}/revoke"):
+        body = key[len("sk-sentinel-"):]  # the key without its public prefix is the key too
+        for path in (f"/admin/api/keys/{key}/revoke", f"/admin/api/keys/%20{key}/revoke", f"/admin/api/keys/{body}/revoke"):
             refused = client.post(path)
             assert refused.status_code == 400, (refused.status_code, refused.text)
             error = refused.json()["error"]
@@ -777,8 +778,9 @@ def test_a_key_given_for_its_id_is_refused_without_quoting_it(gw: Gateway) -> No
         assert client.get("/admin/api/audit").json()["entries"][0]["action"] == "key.create"
     console, token = signed_in(gw)
     try:
-        refused = console.post(f"/admin/keys/{key}/revoke", data={"csrf": token})
-        assert refused.status_code == 400 and key[len("sk-sentinel-"):] not in refused.text
+        for pasted in (key, body):
+            refused = console.post(f"/admin/keys/{pasted}/revoke", data={"csrf": token})
+            assert refused.status_code == 400 and body not in refused.text
     finally:
         console.close()
     with gw.client(key) as user:

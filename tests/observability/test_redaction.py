@@ -10,9 +10,16 @@ import httpx
 import orjson
 import pytest
 
-from sentinel.governance.keys import KEY_PREFIX, generate_key
+from sentinel.governance.keys import KEY_PREFIX, KEY_RANDOM_CHARS, generate_key
 from sentinel.observability.logging import MAX_LOGGED_CHARS, configure_logging
-from sentinel.observability.redaction import MIN_REDACTED, SENTINEL_KEY_PREFIX, Redactor, redact
+from sentinel.observability.redaction import (
+    MIN_REDACTED,
+    SENTINEL_KEY_BODY_CHARS,
+    SENTINEL_KEY_PREFIX,
+    Redactor,
+    is_key_body,
+    redact,
+)
 from tests.api.conftest import UPSTREAM_KEY, Gateway
 
 ADMIN_KEY = "admin-key-for-tests-0123"
@@ -151,6 +158,39 @@ def test_a_key_body_without_its_prefix_is_in_no_log_line_nor_taken_as_a_request_
     access = {line["request_id"]: line for line in lines if line["logger"] == "sentinel.access"}
     assert access[answers[0].headers["x-request-id"]]["path"] == "/v1/files/***"
     assert access[answers[3].headers["x-request-id"]]["path"] == "/v1/***"
-    # Someone else's text of the key's shape is no secret of this request: an ordinary path stays as sent.
-    assert Redactor()("/v1/files/" + body, also=("sk-sentinel-short",)) == "/v1/files/" + body
-    assert Redactor()("/v1/files/" + body, also=(gw.key,)) == "/v1/files/***"
+    # The caller's own key's body is found wherever it is (glued to other text too); a short one is not looked for.
+    assert Redactor()("/v1/files/file-" + body, also=("sk-sentinel-short",)) == "/v1/files/file-" + body
+    assert Redactor()("/v1/files/file-" + body, also=(gw.key,)) == "/v1/files/file-***"
+
+
+def test_a_key_body_standing_alone_is_in_no_log_line(
+    gateway_factory: Callable[..., Gateway], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A key's prefix is public, so its body alone is the key: an operator who pasted the body where a
+    key id goes (`/admin/api/keys/<body>/revoke`) had it in the access and error lines, as did any
+    request whose path or X-Request-Id held another key's body. Text of that shape standing alone (40
+    characters of the key alphabet mixing upper and lower case) is taken out; a model name, a SHA-1
+    digest or a key id of that length is not."""
+    assert SENTINEL_KEY_BODY_CHARS == KEY_RANDOM_CHARS  # the shape said twice (layers) is the same shape
+    other = generate_key()[len(KEY_PREFIX):]
+    with json_logs():
+        gw = gateway_factory(access_log=True, admin_key=ADMIN_KEY)
+        body = gw.key[len(KEY_PREFIX):]
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            answers = [
+                http.post(f"/admin/api/keys/{body}/revoke", headers={"Authorization": f"Bearer {ADMIN_KEY}"}),
+                http.get(f"/nowhere/{other}"),
+                http.get("/v1/models", headers={"Authorization": f"Bearer {gw.key}", "X-Request-Id": other}),
+            ]
+        gw.server.stop()  # the lifespan shutdown writes the last batch of access lines
+        err = capfd.readouterr().err
+    assert [a.status_code for a in answers] == [400, 404, 200], [a.text for a in answers]
+    assert body not in err and other not in err
+    assert answers[2].headers["x-request-id"] != other
+    redactor = Redactor()
+    assert redactor(f"/v1/files/{other}?x={other}") == "/v1/files/***?x=***"
+    kept = ["a" * 40, "0123456789abcdef0123456789abcdef01234567", "gpt-4o-mini-realtime-preview-2024-12-170",
+            f"x{other}", f"{other}-", f"sk-sentinel-{other}"[:-1]]
+    assert [redactor(text) for text in kept[:5]] == kept[:5]
+    assert redactor(kept[5]) == "sk-sentinel-***"
+    assert is_key_body(other) and not is_key_body("key_0123456789ab") and not is_key_body(f" {other}")

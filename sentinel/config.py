@@ -539,6 +539,11 @@ class Settings(BaseSettings):
     def _provider_url(cls, value: str | None) -> str | None:
         return None if value is None else provider_base_url(value)
 
+    @field_validator("zion_api_url")
+    @classmethod
+    def _zion_url(cls, value: str | None) -> str | None:
+        return None if value is None else no_credentials(value)
+
     @model_validator(mode="after")
     def _replica_wait_fits(self) -> Settings:
         if self.usage_stream_replicas and self.usage_stream_replica_timeout_ms >= self.redis_timeout_seconds * 1000:
@@ -712,13 +717,27 @@ def header_secret(value: SecretStr | None) -> SecretStr | None:
 
 
 def provider_base_url(value: str) -> str:
-    """A provider's base URL as given, checked: http(s), and no query or fragment — request paths are
-    appended to it, so with a `?api-version=…` every call went to the base URL itself, the path read
-    as part of the query (put such a parameter in a gateway in front, not in the URL)."""
+    """A provider's base URL as given, checked: http(s), no credentials (`no_credentials`), and no
+    query or fragment — request paths are appended to it, so with a `?api-version=…` every call went
+    to the base URL itself, the path read as part of the query (put such a parameter in a gateway in
+    front, not in the URL)."""
     if not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
     if "?" in value or "#" in value:
         raise ValueError("must not carry a query or a fragment: request paths are appended to it")
+    return no_credentials(value)
+
+
+def no_credentials(value: str) -> str:
+    """`value` (an http(s) URL Sentinel sends a key to in `Authorization`: a provider's, Zion's) unless
+    it carries credentials (`user:password@`): the HTTP client refuses them beside that header, so the
+    server started and every call to it was a 500 `internal_error`. The key goes in its own setting."""
+    authority = value.partition("://")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    if "@" in authority:
+        raise ValueError("must not carry credentials (user:password@): give the key in its own setting "
+                         "(OPENAI_API_KEY, ANTHROPIC_API_KEY, ZION_API_KEY, a provider's api_key)")
     return value
 
 

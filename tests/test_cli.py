@@ -52,6 +52,34 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, name: str, value: str) -> 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("OPENAI_API_URL", "https://alice:s3cretpw@api.openai.com/v1"),
+    ("ANTHROPIC_API_URL", "https://s3cretpw@api.anthropic.com"),
+    ("ZION_API_URL", "http://alice:s3cretpw@zion.internal:8000"),
+    ("SENTINEL_CONFIG", "providers.yaml"),
+])
+def test_a_provider_or_zion_url_carrying_credentials_is_refused_at_start(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    """Sentinel sends a provider's key (and Zion's) in `Authorization`; the HTTP client refuses a URL's
+    `user:password@` beside it, so the server started and every call to that upstream was a 500
+    `internal_error` with a traceback in the log. Refused at start, the URL not quoted back."""
+    env = {name: value, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db", "SENTINEL_PORT": str(free_port()),
+           "SENTINEL_HOST": "127.0.0.1", "OPENAI_API_KEY": "sk-upstream-0123456789"}
+    if name == "SENTINEL_CONFIG":
+        (tmp_path / value).write_text(
+            "providers:\n  - {name: groq, kind: openai, base_url: 'https://u:s3cretpw@api.groq.com/openai/v1'}\n"
+        )
+        env[name] = str(tmp_path / value)
+    if name == "ZION_API_URL":
+        env.update(GOVERNANCE="zion", ZION_API_KEY="zion-key-0123456789abcdef")
+    result = run(["serve"], env, timeout=30)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and name in lines[0] and "credentials" in lines[0], result.stderr
+    assert "s3cretpw" not in result.stderr
+
+
 def test_plans_users_usage_commands(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/cli.db"}
     created = run(["plans", "set", "pro", "--requests", "600", "--input-tokens", "2000000", "--window", "1h"], env)

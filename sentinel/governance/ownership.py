@@ -355,8 +355,12 @@ _CHILD_OF_LUA = "return redis.call('HGET', KEYS[1], ARGV[1])"
 # Note ARGV[1] in the hash KEYS[1] as `<n>:<owner ARGV[3]>`, n the time ARGV[2] (ms) or one past the
 # latest noted, whichever is more (the order they were noted in, even within a ms); then drop the
 # entry noted first while there are more than ARGV[4]. The hash ends in ARGV[5] ms ("" = kept as it is).
+# With ARGV[6] "1" nothing is dropped: a new entry the hash has no room for is not noted (0).
 _NOTE_CUT_LUA = """
 local all = redis.call('HGETALL', KEYS[1])
+if ARGV[6] == '1' and #all >= 2 * tonumber(ARGV[4]) and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
 local at = tonumber(ARGV[2])
 for i = 1, #all, 2 do
   local noted = tonumber(string.match(all[i + 1], '^(%d+):') or '0') or 0
@@ -390,7 +394,10 @@ def _noted_at(value: bytes) -> int:
 
 def _note_cut_local(ops: LocalOps, keys: list[str], args: list[str]) -> int:
     at = int(args[1])
-    for field, value in ops.hgetall(keys[0]).items():
+    listed = ops.hgetall(keys[0])
+    if args[5] == "1" and len(listed) >= int(args[3]) and args[0] not in listed:
+        return 0
+    for field, value in listed.items():
         if field != args[0] and _noted_at(value) >= at:
             at = _noted_at(value) + 1
     ops.hset(keys[0], args[0], f"{at}:{args[2]}".encode())
@@ -733,11 +740,32 @@ class Ownership:
         yet (`_CUT_TURNS`): a read of the conversation's items charges it first (`cut_turns`). At most
         MAX_CUT_TURNS are kept, the oldest dropped (its own read still charges it); the list is kept
         `ttl` (a response's) from the last one noted."""
+        await self._note_cut(conversation, response_id, owner, ttl, room_only=False)
+
+    async def list_cut_turn(self, conversation: str, response_id: str, owner: str, ttl: float | None) -> bool:
+        """Note `response_id` among `conversation`'s cut turns as `note_cut_turn` does, but drop none
+        to make room: False when MAX_CUT_TURNS not charged yet are listed (those a read of their own
+        charged are dropped first) or none can be (an id no key is made of) — a read of the
+        conversation's items would show its answer and charge nothing (before, the oldest was dropped
+        and its answer so shown free: one more for each turn cut past the bound). StoreUnavailable
+        when the store cannot say."""
+        if await self._note_cut(conversation, response_id, owner, ttl, room_only=True):
+            return True
+        listed = await self.cut_turns(conversation, owner)
+        charged = set(listed).difference(await self.uncharged(listed))
+        if not charged:
+            return False
+        await self.drop_cut_turns(conversation, charged)
+        return await self._note_cut(conversation, response_id, owner, ttl, room_only=True)
+
+    async def _note_cut(self, conversation: str, response_id: str, owner: str, ttl: float | None, *,
+                        room_only: bool) -> bool:
         if not (_keyable(conversation) and _keyable(response_id)):
-            return
+            return False
         expiry = "" if ttl is None else str(max(1, round(ttl * 1000)))
-        await self.store.run(NOTE_CUT, [_CUT_TURNS + conversation],
-                             [response_id, str(round(time.time() * 1000)), owner, str(MAX_CUT_TURNS), expiry])
+        noted = await self.store.run(NOTE_CUT, [_CUT_TURNS + conversation], [
+            response_id, str(round(time.time() * 1000)), owner, str(MAX_CUT_TURNS), expiry, "1" if room_only else "0"])
+        return bool(noted)
 
     async def inherit_cut_turns(
         self, response_id: str, previous: str | None, conversations: Iterable[str], owner: str, ttl: float | None,

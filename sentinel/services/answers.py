@@ -314,6 +314,20 @@ class AnswerRelay:
         except StoreUnavailable:
             return True
 
+    async def _list_cut_turn(self, extends: Sequence[tuple[str, int]], response_id: str, admission: Admission) -> bool:
+        """List the stored response `response_id`, whose stream was cut before the provider's count, among
+        the cut turns of each conversation it joined (`Ownership.list_cut_turn`), before its settlement:
+        False when one has no room for it (or the store cannot say), the turn then charged the output it
+        reserved — the provider adds its whole answer to the conversation, and no read would charge it."""
+        ttl = ObjectPath("responses").ttl
+        try:
+            listed = [await self.ownership.list_cut_turn(conversation, response_id, admission.identity.external_id, ttl)
+                      for conversation, _ in extends]
+        except StoreUnavailable:
+            self.ownership.outage.warning("the store is unavailable: a cut turn was charged as reserved")
+            return False
+        return all(listed)
+
     async def cut_turn_charges(self, turns: CutTurns) -> tuple[list[ObjectCharge], list[str]]:
         """The charges (`ObjectCharge`) of the cut turns listed under `turns.holder` that its reader made
         and no read charged yet (`Ownership.cut_turns`), each stored response fetched and claimed as
@@ -530,9 +544,15 @@ class AnswerRelay:
 
         async def settle(status: int) -> None:
             usage = inspector.usage  # else the hosted tools' results streamed are charged as read too
+            # A stored turn cut in a conversation is listed there for the read of its items to charge
+            # (`remember_context`); one the list has no room for is charged as reserved, now.
+            unlisted = (endpoint == "responses" and usage is None and not inspector.unserved and owner is not None
+                        and inspector.object_id is not None and bool(extends)
+                        and not await self._list_cut_turn(extends, inspector.object_id, admission))
             await meter.settle(
                 admission, usage=usage, output_text=inspector.text, output_counted=inspector.counted, status=status,
-                provider=upstream.provider, output_estimate=0 if inspector.unserved else None,
+                provider=upstream.provider,
+                output_estimate=0 if inspector.unserved else admission.max_output if unlisted else None,
                 read_input=("", 0) if usage is not None else inspector.read_input,
             )
             stored = None
@@ -549,10 +569,11 @@ class AnswerRelay:
                 # provider's count was charged only what it streamed, and a provider may finish and
                 # store the answer all the same: the first read showing its usage charges that (what
                 # was streamed then counts twice — a usage charged twice beats one never charged).
-                if usage is not None:
+                if usage is not None or unlisted:
                     await self._charged(stored, ObjectPath(collection).ttl)
             if endpoint == "responses":  # also when the client left early (what was charged), stored or not
-                await remember_context(ownership, admission, stored, extends, cut=usage is None, previous=previous)
+                await remember_context(ownership, admission, stored, extends, cut=usage is None and not unlisted,
+                                       previous=previous)
             if speaker is not None and inspector.audio:
                 now = time.time()
                 await claim_created(ownership, [(i, audio_ttl(at, now)) for i, at in inspector.audio.items()], speaker)
@@ -590,9 +611,9 @@ async def remember_context(
     object's owner (`COLLECTIONS`): a conversation's until it is deleted through Sentinel, as the
     provider keeps its items. A stored response whose exchange was charged without the provider's
     count (`cut`: its stream cut before it) is noted with each conversation's count it left (`remember_cut_turn`),
-    for the first read charging its usage to correct (`remember_read_context`), and among each
-    conversation's cut turns (`Ownership.note_cut_turn`), which a read of its items charges first
-    (`CutTurns`): the provider adds the turn's whole answer there. A stored response keeps the cut
+    for the first read charging its usage to correct (`remember_read_context`); it was listed among each
+    conversation's cut turns before its settlement (`AnswerRelay._list_cut_turn`), which a read of its
+    items charges first (`CutTurns`): the provider adds the turn's whole answer there. A stored response keeps the cut
     turns its input items show (`Ownership.inherit_cut_turns`: its conversation's, and those of the
     response it continues, `previous`, that one included), which a read of them charges first. Like
     `claim_created`, a store outage costs nothing but this."""
@@ -604,12 +625,8 @@ async def remember_context(
             await ownership.remember_context(response_id, tokens, ObjectPath("responses").ttl)
         for conversation, held in conversations:
             after = await ownership.remember_turn(conversation, tokens, held, ObjectPath("conversations").ttl)
-            if cut and response_id is not None:
-                if after is not None:
-                    await ownership.remember_cut_turn(response_id, conversation, tokens, after,
-                                                      ObjectPath("responses").ttl)
-                await ownership.note_cut_turn(conversation, response_id, admission.identity.external_id,
-                                              ObjectPath("responses").ttl)
+            if cut and response_id is not None and after is not None:  # (listed already: `_list_cut_turn`)
+                await ownership.remember_cut_turn(response_id, conversation, tokens, after, ObjectPath("responses").ttl)
         if response_id is not None and (previous is not None or conversations):
             await ownership.inherit_cut_turns(response_id, previous, [c for c, _ in conversations],
                                               admission.identity.external_id, ObjectPath("responses").ttl)

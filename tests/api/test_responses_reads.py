@@ -5,6 +5,7 @@ read."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import openai
 import pytest
 
 from sentinel.domain.usage import charge_id
+from sentinel.governance.ownership import MAX_CUT_TURNS
 from sentinel.services.answers import MAX_BUFFERED
 from tests.api.conftest import Gateway
 from tests.api.test_gate_settlement import _cut_stream, recorded
@@ -271,3 +273,70 @@ def test_a_cut_turns_answer_read_through_a_later_responses_input_items_is_charge
     assert [(r["input_tokens"], r["output_tokens"]) for r in recorded(gw, charge)] == [(700, 9000)]
     reads = ledger_rows(gw.settings.database_url, "alice")[rows + 1:]
     assert [(r["input_tokens"], r["output_tokens"]) for r in reads] == [(0, 0), (0, 0)]  # charged nothing again
+
+
+class StoredResponses:
+    """The provider as a read of each stored response finds it (`GET /v1/responses/{id}`: finished,
+    its usage shown), whatever the order the reads come in; every other call answered by `rest`."""
+
+    def __init__(self, rest: ScriptedUpstream) -> None:
+        self.rest = rest
+        self.fetched: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith("/v1/responses/resp_"):
+            return await self.rest(scope, receive, send)
+        response_id = path.rsplit("/", 1)[-1]
+        self.fetched.append(response_id)
+        body = json.dumps({**ANSWER, "id": response_id}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_a_conversations_cut_turns_past_what_a_read_charges_are_each_charged(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None,
+) -> None:
+    """A conversation lists the stored turns cut in it that no read charged yet, at most
+    MAX_CUT_TURNS, and a read of its items charges them; the oldest was dropped to make room for
+    the next, and the provider still adds its whole answer to the conversation: a client that cut
+    33 streams at their first event and listed the items had the first answer for free (and one
+    more for each turn cut after). A cut turn the list has no room for is charged its reservation
+    at once (its `max_output_tokens`), and no later read charges it again; the turns listed stay
+    listed, each charged by the read."""
+    upstream = ScriptedUpstream()
+    stored = StoredResponses(upstream)
+    with serving(stored) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, usage_flush_interval_seconds=0.1,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        alice = gw.openai()
+        upstream.json(CONVERSATION)
+        assert alice.conversations.create().id == "conv_1"
+        turns = [f"resp_c{n}" for n in range(MAX_CUT_TURNS + 1)]
+        cut: list[str] = []
+        for n, response_id in enumerate(turns):
+            upstream.sse({**CREATED, "response": {**CREATED["response"], "id": response_id}}, hold=True)
+            raw = alice.responses.with_raw_response.create(
+                model="gpt-4o-mini", input="hi", conversation="conv_1", stream=True, store=True, max_output_tokens=9000,
+            )
+            stream = raw.parse()
+            assert next(iter(stream)).type == "response.created"
+            stream.close()
+            cut.append(raw.headers["x-request-id"])
+            assert wait_for(lambda n=n: len(ledger_rows(gw.settings.database_url, "alice")) == n + 2)
+        overflow = recorded(gw, cut[-1])
+        assert [(r["usage_source"], r["output_tokens"]) for r in overflow] == [("estimated", 9000)]
+        assert all(recorded(gw, rid)[0]["output_tokens"] < 9000 for rid in cut[:-1])
+
+        upstream.json({"object": "list", "data": [ANSWER_ITEM], "has_more": False, "first_id": "msg_1",
+                       "last_id": "msg_1"})
+        assert len(alice.conversations.items.list("conv_1").data) == 1
+        assert sorted(stored.fetched) == sorted(turns[:-1])  # the oldest among them
+        for response_id in turns[:-1]:
+            assert wait_for(lambda r=response_id: len(recorded(gw, charge_id("alice", r))) == 1)
+        assert recorded(gw, charge_id("alice", turns[-1])) == []
+        read = alice.responses.with_raw_response.retrieve(turns[-1])
+        assert read.parse().usage is not None
+        assert wait_for(lambda: len(recorded(gw, read.headers["x-request-id"])) == 1)
+        assert recorded(gw, charge_id("alice", turns[-1])) == []  # charged already: nothing again

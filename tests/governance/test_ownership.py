@@ -501,6 +501,23 @@ async def test_a_conversations_cut_turns_are_its_makers_bounded_and_dropped_with
     assert await store.ttl("sentinel:cut-turns:conv_1") is None
 
 
+async def test_a_cut_turn_is_listed_only_where_there_is_room_for_it(store: Store) -> None:
+    """`list_cut_turn` drops none of the turns listed to make room (the read of the conversation's
+    items charges those): with MAX_CUT_TURNS not charged yet listed a new one is not listed (False),
+    one listed already still is; turns charged by a read of their own make room once dropped."""
+    owners = Ownership(store)
+    for n in range(MAX_CUT_TURNS):
+        assert await owners.list_cut_turn("conv_1", f"resp_{n}", "alice", DAY)
+    assert await owners.list_cut_turn("conv_1", "resp_new", "alice", DAY) is False
+    assert await owners.list_cut_turn("conv_1", "resp_5", "alice", DAY)  # (listed already)
+    assert await owners.cut_turns("conv_1", "alice") == [f"resp_{n}" for n in range(MAX_CUT_TURNS) if n != 5] + ["resp_5"]
+    assert await owners.charge_once("resp_0", DAY)  # (its own read charged it)
+    assert await owners.list_cut_turn("conv_1", "resp_new", "alice", DAY)
+    listed = await owners.cut_turns("conv_1", "alice")
+    assert "resp_0" not in listed and listed[-1] == "resp_new" and len(listed) == MAX_CUT_TURNS
+    assert await owners.list_cut_turn("conv_1", "x" * 300, "alice", DAY) is False  # (no key names it)
+
+
 async def test_a_later_responses_cut_turns_are_those_of_what_it_continued(store: Store) -> None:
     """A stored response made in a conversation, or continuing a response (`previous_response_id`),
     lists the cut turns its input items show (`inherit_cut_turns`): the conversation's, the

@@ -782,10 +782,25 @@ class Ownership:
         if previous is not None and _keyable(previous):
             reads += [self.cut_turns(previous, owner), self.uncharged([previous])]
         reads += [self.cut_turns(conversation, owner) for conversation in conversations]
-        shown = [turn for found in await asyncio.gather(*reads) for turn in found]
-        for turn in dict.fromkeys(shown):
-            if turn != response_id:
-                await self.note_cut_turn(response_id, turn, owner, ttl)
+        shown = [turn for found in await asyncio.gather(*reads) for turn in dict.fromkeys(found) if turn != response_id]
+        if len(shown := list(dict.fromkeys(shown))) > MAX_CUT_TURNS:
+            # Turns a read of their own charged stay listed: they leave first, none to be dropped
+            # (the request was refused when more than MAX_CUT_TURNS are not charged: `continued_cut_turns`).
+            shown = await self.uncharged(shown)
+        for turn in shown:
+            await self.note_cut_turn(response_id, turn, owner, ttl)
+
+    async def continued_cut_turns(self, previous: str, owner: str) -> list[str]:
+        """The cut turns a stored response made continuing `previous` (its `previous_response_id`) would
+        list (`inherit_cut_turns`): `previous`'s list and `previous` itself — those no read charged
+        yet when they are more than MAX_CUT_TURNS (else as listed, their charges unread: one store
+        read). More than MAX_CUT_TURNS not charged, the oldest would be dropped from its list and its
+        answer shown free by its input items: the request is refused until a read charges them.
+        StoreUnavailable when the store cannot say."""
+        if not _keyable(previous):
+            return []
+        shown = list(dict.fromkeys([*await self.cut_turns(previous, owner), previous]))
+        return shown if len(shown) <= MAX_CUT_TURNS else await self.uncharged(shown)
 
     async def cut_turns(self, conversation: str, owner: str) -> list[str]:
         """The cut turns of `conversation` `owner` made that no read charged yet (`note_cut_turn`),

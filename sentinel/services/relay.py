@@ -29,7 +29,7 @@ from sentinel.domain.identity import Identity
 from sentinel.domain.json_body import read_json
 from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.errors import InvalidRequest, NotFound, StoreUnavailable, UpstreamError
-from sentinel.governance.ownership import BatchEstimate, Ownership
+from sentinel.governance.ownership import MAX_CUT_TURNS, BatchEstimate, Ownership
 from sentinel.native.end_user import (
     names_end_user,
     with_batch_end_user,
@@ -159,11 +159,12 @@ class OpenAIRelay:
                 strip_usage = True
         stores = _stores_objects(endpoint, payload)
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
-        held = await self.ownership.contexts(carried) if carried else {}
+        previous = carried[0] if len(carried) > len(extends) else None  # (named first)
+        held = await self._continued(identity, carried, previous if _stores_objects(endpoint, payload) else None)
         request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
                           identity if stores else None,
                           extends=[(conversation, held.get(conversation, 0)) for conversation in extends],
-                          previous=carried[0] if len(carried) > len(extends) else None,  # (named first)
+                          previous=previous,
                           speaker=identity if endpoint == "chat" else None, heavy=heavy,
                           end_user=self.end_users.of(identity.external_id))
         # A 400 here reserves nothing; an alias's target that cannot carry the request is passed over.
@@ -201,6 +202,25 @@ class OpenAIRelay:
             raise
         ex.headers.extend(target_headers(served[0]))
         return reply
+
+    async def _continued(self, identity: Identity, carried: list[str], previous: str | None) -> dict[str, int]:
+        """The context each of `carried` holds (`Ownership.contexts`), read along with the cut turns the
+        stored response continuing `previous` would list: 400 `cut_turns_unread` when more than
+        MAX_CUT_TURNS of them are not charged yet (`Ownership.continued_cut_turns`)."""
+        if not carried:
+            return {}
+        if previous is None:
+            return await self.ownership.contexts(carried)
+        held, unread = await asyncio.gather(self.ownership.contexts(carried),
+                                            self.ownership.continued_cut_turns(previous, identity.external_id))
+        if len(unread) > MAX_CUT_TURNS:
+            raise InvalidRequest(
+                f"The response {previous} continues {len(unread)} answers whose streams were cut before their "
+                f"usage, which no read has charged (at most {MAX_CUT_TURNS}): read GET /v1/responses/{previous}"
+                "/input_items (and the response itself), which charges them, then send this again",
+                code="cut_turns_unread", details={"param": "previous_response_id"},
+            )
+        return held
 
     def _checked(
         self, endpoint: str, payload: dict[str, Any]

@@ -285,9 +285,9 @@ class StoredResponses:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith("/v1/responses/resp_"):
+        response_id = path.removeprefix("/v1/responses/")
+        if scope["type"] != "http" or scope["method"] != "GET" or not response_id.startswith("resp_") or "/" in response_id:
             return await self.rest(scope, receive, send)
-        response_id = path.rsplit("/", 1)[-1]
         self.fetched.append(response_id)
         body = json.dumps({**ANSWER, "id": response_id}).encode()
         await send({"type": "http.response.start", "status": 200,
@@ -340,3 +340,46 @@ def test_a_conversations_cut_turns_past_what_a_read_charges_are_each_charged(
         assert read.parse().usage is not None
         assert wait_for(lambda: len(recorded(gw, read.headers["x-request-id"])) == 1)
         assert recorded(gw, charge_id("alice", turns[-1])) == []  # charged already: nothing again
+
+
+def test_a_chain_past_the_cut_turns_a_read_charges_is_read_first(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None,
+) -> None:
+    """Each stored response continuing another (`previous_response_id`) lists the cut turns its input
+    items show — the continued one's list, and that one while charged nothing —, at most
+    MAX_CUT_TURNS: a chain of 33 streams each cut at its first event, then one more response, dropped
+    the oldest from that one's list, and its input items showed the first answer for free. A
+    request whose response would list more is refused (400 `cut_turns_unread`, naming
+    `previous_response_id`) before anything is reserved or sent; a read of the continued response's
+    input items charges them, and the chain goes on."""
+    upstream = ScriptedUpstream()
+    stored = StoredResponses(upstream)
+    with serving(stored) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, usage_flush_interval_seconds=0.1)
+        alice = gw.openai()
+        turns = [f"resp_c{n}" for n in range(MAX_CUT_TURNS + 1)]
+        for n, response_id in enumerate(turns):
+            upstream.sse({**CREATED, "response": {**CREATED["response"], "id": response_id}}, hold=True)
+            stream = alice.responses.create(model="gpt-4o-mini", input="go on", stream=True, store=True,
+                                            max_output_tokens=9000, previous_response_id=turns[n - 1] if n else None)
+            assert next(iter(stream)).type == "response.created"
+            stream.close()
+            assert wait_for(lambda n=n: len(ledger_rows(gw.settings.database_url, "alice")) == n + 1)
+        sent = len(upstream.received)
+        with pytest.raises(openai.BadRequestError) as refused:
+            alice.responses.create(model="gpt-4o-mini", input="more", previous_response_id=turns[-1])
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert (error["code"], error["param"]) == ("cut_turns_unread", "previous_response_id"), error
+        assert turns[-1] in error["message"]
+        assert "x-ratelimit-remaining" not in refused.value.response.headers  # (refused before admission)
+        assert len(upstream.received) == sent
+        assert len(ledger_rows(gw.settings.database_url, "alice")) == len(turns)
+
+        upstream.json(INPUT_ITEMS)
+        assert len(alice.responses.input_items.list(turns[-1]).data) == 2
+        assert sorted(stored.fetched) == sorted(turns[:-1])  # each listed, the oldest among them
+        for response_id in turns[:-1]:
+            assert wait_for(lambda r=response_id: len(recorded(gw, charge_id("alice", r))) == 1)
+        upstream.json({**LATER, "id": "resp_more"})
+        assert alice.responses.create(model="gpt-4o-mini", input="more", previous_response_id=turns[-1]).id == "resp_more"

@@ -518,6 +518,21 @@ async def test_a_cut_turn_is_listed_only_where_there_is_room_for_it(store: Store
     assert await owners.list_cut_turn("conv_1", "x" * 300, "alice", DAY) is False  # (no key names it)
 
 
+async def test_a_continued_responses_cut_turns_past_the_bound_are_those_not_charged(store: Store) -> None:
+    """`continued_cut_turns`: what a response continuing another would list — read for their charges only
+    past MAX_CUT_TURNS, when those charged by a read of their own leave first, in `inherit_cut_turns`
+    too (none not charged is dropped to make room for one charged)."""
+    owners = Ownership(store)
+    for n in range(MAX_CUT_TURNS):
+        await owners.note_cut_turn("resp_p", f"resp_{n}", "alice", DAY)
+    assert len(await owners.continued_cut_turns("resp_p", "alice")) == MAX_CUT_TURNS + 1  # (resp_p itself)
+    assert await owners.charge_once("resp_0", DAY)
+    unread = await owners.continued_cut_turns("resp_p", "alice")
+    assert "resp_0" not in unread and len(unread) == MAX_CUT_TURNS
+    await owners.inherit_cut_turns("resp_q", "resp_p", [], "alice", DAY)
+    assert await owners.cut_turns("resp_q", "alice") == [f"resp_{n}" for n in range(1, MAX_CUT_TURNS)] + ["resp_p"]
+
+
 async def test_a_later_responses_cut_turns_are_those_of_what_it_continued(store: Store) -> None:
     """A stored response made in a conversation, or continuing a response (`previous_response_id`),
     lists the cut turns its input items show (`inherit_cut_turns`): the conversation's, the

@@ -545,10 +545,15 @@ class AnswerRelay:
         async def settle(status: int) -> None:
             usage = inspector.usage  # else the hosted tools' results streamed are charged as read too
             # A stored turn cut in a conversation is listed there for the read of its items to charge
-            # (`remember_context`); one the list has no room for is charged as reserved, now.
-            unlisted = (endpoint == "responses" and usage is None and not inspector.unserved and owner is not None
-                        and inspector.object_id is not None and bool(extends)
-                        and not await self._list_cut_turn(extends, inspector.object_id, admission))
+            # (`remember_context`); one cut that cannot be — not stored (`store: false`), its id never
+            # shown, or the list has no room — is charged as reserved, now: the provider adds its
+            # whole answer to the conversation all the same, and no read would charge it. (A stream
+            # that came to its end showed its whole answer, counted: charged so, listed or not.)
+            listed = True
+            if endpoint == "responses" and usage is None and not inspector.unserved and extends:
+                listed = (owner is not None and inspector.object_id is not None
+                          and await self._list_cut_turn(extends, inspector.object_id, admission))
+            unlisted = not listed and not inspector.saw_done
             await meter.settle(
                 admission, usage=usage, output_text=inspector.text, output_counted=inspector.counted, status=status,
                 provider=upstream.provider,

@@ -383,3 +383,44 @@ def test_a_chain_past_the_cut_turns_a_read_charges_is_read_first(
             assert wait_for(lambda r=response_id: len(recorded(gw, charge_id("alice", r))) == 1)
         upstream.json({**LATER, "id": "resp_more"})
         assert alice.responses.create(model="gpt-4o-mini", input="more", previous_response_id=turns[-1]).id == "resp_more"
+
+
+def test_an_unstored_turn_cut_in_a_conversation_is_charged_as_reserved(
+    gateway_factory: Callable[..., Gateway], backend_url: str | None,
+) -> None:
+    """A `store: false` turn joins its conversation all the same: the provider adds its whole answer
+    to the items. Cut at its first event, it was charged what it streamed (nothing) and, never stored,
+    no read could charge its usage: every answer read free through the items by a client cutting
+    each such stream. It is charged the output it reserved (its `max_output_tokens`) instead; one
+    read to its end showed its whole answer, charged as counted."""
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = gateway_factory(openai_api_url=srv.url + "/v1", redis_url=backend_url, usage_flush_interval_seconds=0.1,
+                             passthrough="/v1/conversations,/v1/conversations/*")
+        alice = gw.openai()
+        upstream.json(CONVERSATION)
+        assert alice.conversations.create().id == "conv_1"
+        upstream.sse(CREATED, hold=True)
+        raw = alice.responses.with_raw_response.create(model="gpt-4o-mini", input="hi", conversation="conv_1",
+                                                       stream=True, store=False, max_output_tokens=9000)
+        stream = raw.parse()
+        assert next(iter(stream)).type == "response.created"
+        stream.close()
+        assert wait_for(lambda: len(recorded(gw, raw.headers["x-request-id"])) == 1)
+        cut = recorded(gw, raw.headers["x-request-id"])[0]
+        assert (cut["usage_source"], cut["output_tokens"]) == ("estimated", 9000)
+        upstream.sse(CREATED, hold=True)
+        alone = alice.responses.with_raw_response.create(model="gpt-4o-mini", input="hi", stream=True, store=False,
+                                                         max_output_tokens=9000)  # (in no conversation: as before)
+        stream = alone.parse()
+        assert next(iter(stream)).type == "response.created"
+        stream.close()
+        assert wait_for(lambda: len(recorded(gw, alone.headers["x-request-id"])) == 1)
+        assert recorded(gw, alone.headers["x-request-id"])[0]["output_tokens"] < 9000
+        upstream.sse(CREATED, {"type": "response.output_text.delta", "sequence_number": 1, "delta": "the whole answer"},
+                     {"type": "response.completed", "sequence_number": 2, "response": {**ANSWER, "usage": None}})
+        whole = alice.responses.with_raw_response.create(model="gpt-4o-mini", input="hi", conversation="conv_1",
+                                                         stream=True, store=False, max_output_tokens=9000)
+        assert [event.type for event in whole.parse()][-1] == "response.completed"  # (read to its end, no usage)
+        assert wait_for(lambda: len(recorded(gw, whole.headers["x-request-id"])) == 1)
+        assert recorded(gw, whole.headers["x-request-id"])[0]["output_tokens"] < 9000  # (its text, counted)

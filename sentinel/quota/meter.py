@@ -150,6 +150,9 @@ class Admission:
     # turn it off (`estimate.hides_output`: set again for each model tried): without the
     # provider's usage its output is not countable from the text, so it is charged as reserved (`settle`).
     hidden_output: bool = False
+    # The model a Responses request's `image_generation` tool runs (its `tools[].model`): what the
+    # answer's `tool_usage` shows apart from its `usage` is recorded as that model's (`ModelUsage`).
+    tool_model: str | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     headers: dict[str, str] = field(default_factory=dict)
     reservation: Reservation | None = None

@@ -35,6 +35,19 @@ from sentinel.quota.items import NO_FIELDS, item_text
 from sentinel.quota.tokens import estimate_tokens
 
 
+def tool_usage(response: Any) -> Usage | None:
+    """What a Responses answer's hosted tools ran on a model of their own, apart from its `usage`:
+    `tool_usage.image_gen` (the `image_generation` tool's image model, its input and image output
+    tokens, summed over its calls), or None when it shows none (or figures that are no counts)."""
+    tools = response.get("tool_usage") if isinstance(response, dict) else None
+    used = tools.get("image_gen") if isinstance(tools, dict) else None
+    if not isinstance(used, dict):
+        return None
+    read, wrote = used.get("input_tokens"), used.get("output_tokens")
+    counts = [n for n in (read, wrote) if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_TOKENS]
+    return Usage(counts[0], counts[1]) if len(counts) == 2 and any(counts) else None
+
+
 def usage_from_body(endpoint: str, body: Any) -> Usage | None:
     """Usage reported in a response body (`prompt_tokens`/`completion_tokens` as in chat, or
     `input_tokens`/`output_tokens` as in responses and images, or a transcription's audio length:
@@ -431,6 +444,7 @@ class StreamInspector:
         self.audio: dict[str, Any] = {}  # a chat answer's audio answers: id -> `expires_at` (None until given)
         self.items: dict[str, None] = {}  # a response's output items' ids, in order (MAX_ANSWER_ITEMS)
         self.model: str | None = None  # the model the upstream named in its chunks
+        self.tool_usage: Usage | None = None  # a Responses answer's hosted tools' own model's (`tool_usage`)
 
     @property
     def text(self) -> str:
@@ -659,6 +673,7 @@ class StreamInspector:
         if kind in _ITEM_EVENTS:
             self._note_item(obj.get("item"))
         if isinstance(response, dict) and kind in RESPONSES_TERMINAL:
+            self.tool_usage = tool_usage(response)
             output = response.get("output")
             for item in output if isinstance(output, list) else ():
                 self._note_item(item)
@@ -690,6 +705,11 @@ class TailInspector:
         """The answer's own (top-level) `usage` object, or None when the tail holds none."""
         value = top_level_value(self._tail, b"usage")
         return None if value is None else usage_from_body(endpoint, {"usage": value})
+
+    def tool_usage(self) -> Usage | None:
+        """A Responses answer's hosted tools' own model's usage (`tool_usage`), when the tail holds it."""
+        value = top_level_value(self._tail, b"tool_usage")
+        return None if value is None else tool_usage({"tool_usage": value})
 
 
 _STRUCTURE = re.compile(rb'[{}\[\]"]')

@@ -33,7 +33,14 @@ from sentinel.providers.openai import relayable_headers
 from sentinel.quota.media_calls import MediaCall, media_charge, unread_output
 from sentinel.quota.meter import Admission, Meter, ModelUsage, ObjectCharge
 from sentinel.quota.tokens import TokenCounter
-from sentinel.quota.usage import StreamInspector, TailInspector, output_read, text_from_body, usage_from_body
+from sentinel.quota.usage import (
+    StreamInspector,
+    TailInspector,
+    output_read,
+    text_from_body,
+    tool_usage,
+    usage_from_body,
+)
 from sentinel.services.event_streams import relay_events
 from sentinel.services.exchange import Ending, Exchange, MeteredStream, Reply, StreamReply
 from sentinel.services.objects import (
@@ -201,9 +208,10 @@ class AnswerRelay:
             if steps:
                 charges = [*charges, *steps]
                 usage, pays = _summed(charges), True
-        models: list[ModelUsage] = []
+        models: list[ModelUsage] = self._tool_parts(endpoint, admission, tool_usage(parsed))
         if owner is not None and charging.counted:
-            models, runs = await self.runs.eval_models(parsed, ttl, within)
+            eval_models, runs = await self.runs.eval_models(parsed, ttl, within)
+            models += eval_models
             claimed += runs
         if owner is not None and charging.counted and eval_run is not None and not _shown_itself(parsed, eval_run[1]):
             shown_models, runs = await self.runs.eval_run_shown(*eval_run, ttl)
@@ -313,6 +321,14 @@ class AnswerRelay:
             return await self.ownership.charge_once(object_id, ttl, within)
         except StoreUnavailable:
             return True
+
+    def _tool_parts(self, endpoint: str, admission: Admission, used: Usage | None) -> list[ModelUsage]:
+        """A Responses answer's hosted tools' own model's usage (`tool_usage`: the `image_generation`
+        tool's image tokens), a record of that model (`Admission.tool_model`) beside the answer's own:
+        it is not in the answer's `usage`, and was charged nothing — images drawn free of any limit."""
+        if endpoint != "responses" or used is None or admission.tool_model is None:
+            return []
+        return [ModelUsage(admission.tool_model, used, self.runs.prices(admission.tool_model))]
 
     async def _list_cut_turn(self, extends: Sequence[tuple[str, int]], response_id: str, admission: Admission) -> bool:
         """List the stored response `response_id`, whose stream was cut before the provider's count, among
@@ -499,7 +515,7 @@ class AnswerRelay:
                     usage, pays = _summed(charges), True
             if not pays:
                 usage = Usage(0, 0)
-            models: list[ModelUsage] = []
+            models: list[ModelUsage] = self._tool_parts(endpoint, admission, tail.tool_usage())
             if owner is not None and charging.counted and eval_run is not None:
                 models, runs_claimed = await self.runs.eval_run_shown(*eval_run, ttl)
                 claimed += runs_claimed
@@ -559,6 +575,7 @@ class AnswerRelay:
                 provider=upstream.provider,
                 output_estimate=0 if inspector.unserved else admission.max_output if unlisted else None,
                 read_input=("", 0) if usage is not None else inspector.read_input,
+                models=self._tool_parts(endpoint, admission, inspector.tool_usage),
             )
             stored = None
             claims: list[tuple[str, float | None]] = [] if items is None else [

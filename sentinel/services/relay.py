@@ -183,6 +183,8 @@ class OpenAIRelay:
                 files=facts,
             )
         ex.headers.extend(admission.headers.items())
+        if endpoint == "responses":  # (checked a catalogue model by `_checked`: `with_tools`)
+            admission.tool_model = next((m for _, m in tool_models(payload) if isinstance(m, str)), None)
         served: list[ModelTarget] = []
 
         def on_attempt(target: ModelTarget) -> None:

@@ -160,7 +160,7 @@ class OpenAIRelay:
         stores = _stores_objects(endpoint, payload)
         carried, extends = continued(payload) if endpoint == "responses" else ([], [])
         previous = carried[0] if len(carried) > len(extends) else None  # (named first)
-        held = await self._continued(identity, carried, previous if _stores_objects(endpoint, payload) else None)
+        held = await self._continued(identity, carried, previous if stores else None)
         request = Relayed(endpoint, segments, payload, headers, query, stream, strip_usage,
                           identity if stores else None,
                           extends=[(conversation, held.get(conversation, 0)) for conversation in extends],

@@ -151,6 +151,32 @@ UNSEEN_SESSIONS = frozenset({"realtime", "chatkit", "live", "agents"})
 # every user the account's shared settings and secrets, and any user's alert to whoever held its id).
 ACCOUNT_WIDE = frozenset({"organization", "projects", "webhook_endpoints", "webhook_event_types", "vaults", "safety"})
 BY_NAME_ONLY = UNSEEN_SESSIONS | ACCOUNT_WIDE
+# The first segment of every `/v1` path Sentinel serves, checks or opens only by name (SPELLED's,
+# BY_NAME_ONLY): below another first segment, a gateway in front of the provider may read the path
+# from there on as that `/v1` path (LiteLLM's `/openai/{endpoint}` pass-through to OpenAI's
+# `/v1/{endpoint}`, Azure's `/openai/deployments/{name}/...`, `/engines/{model}/...`, `/api/v1/...`).
+_ROOTS = frozenset({head[0] for head in SPELLED} | BY_NAME_ONLY)
+
+
+def _root_below(path: str) -> str | None:
+    """The `/v1` path `path` holds from a segment of `_ROOTS` on, below a first segment that begins no
+    path Sentinel serves, checks or opens only by name (read as `_misspelled` reads it); None
+    otherwise. `/v1/openai/files/{id}/content`, `/v1/engines/{model}/batches`,
+    `/v1/openai/organization/admin_api_keys` or `/v1/openai/models/{ft model}` were sent on as spelled
+    under `/v1/*`, to a gateway that may read them as `/v1/files/{id}/content`, ...: another user's file
+    read, every user's batches and the account's keys listed, a fine-tuned model every user may be
+    served deleted, none of the checks of the path they name applied. OpenAI's own paths that hold a
+    collection's name below their first segment (`/v1/vector_stores/{id}/files/{id}`,
+    `/v1/chatkit/threads/{id}`, `/v1/organization/usage/vector_stores`) begin as one of those."""
+    segments = path[4:].rstrip("/").split("/")
+    wanted = [_leniently(segment) for segment in segments]
+    wanted[-1] = wanted[-1].partition(".")[0] or wanted[-1]  # a suffix pattern's `.json`
+    if wanted[0] in BY_NAME_ONLY or any(tuple(wanted[: len(head)]) == head for head in SPELLED):
+        return None
+    for at in range(1, len(wanted)):
+        if wanted[at] in _ROOTS:
+            return "/v1/" + "/".join(segments[at:])
+    return None
 
 
 def by_name_only(path: str) -> str | None:
@@ -297,6 +323,14 @@ class OpenAIRoutes:
             raise NotFound(
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it holds /v1 again, "
                 f"and may be read as {clipped(within)}: use that path)", code="endpoint_not_supported",
+            )
+        below = _root_below(path)
+        if below is not None:
+            # As a trailing slash: never pass-through, never sent on to a server that may read it as that path.
+            raise NotFound(
+                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it holds "
+                f"{clipped(below)} below another prefix, and may be read as that path: use it)",
+                code="endpoint_not_supported",
             )
         pattern = self.passthrough_policy.match(path)
         if path in (LEGACY_COMPLETE, LEGACY_COMPLETE + "/"):

@@ -344,6 +344,42 @@ def test_a_path_holding_v1_again_is_never_pass_through(gateway_factory: Callable
     assert recorded_ids(gw.settings.database_url) == {allowed.headers["x-request-id"]}
 
 
+BELOW_ANOTHER_PREFIX = [
+    ("GET", "/v1/openai/files/file-abc123/content"), ("DELETE", "/v1/openai/files/file-abc123"),
+    ("GET", "/v1/openai/batches"), ("GET", "/v1/openai/organization/admin_api_keys"),
+    ("POST", "/v1/openai/realtime/client_secrets"), ("DELETE", "/v1/openai/models/ft:gpt-4o-mini:acme:payroll:abc123"),
+    ("GET", "/v1/engines/gpt-4o-mini/files/file-abc123"), ("GET", "/v1/openai/deployments/d1/batches/batch_1"),
+    ("GET", "/v1/api/threads/thread_1/runs"), ("POST", "/v1/openai/images/generations"),
+    ("POST", "/v1/openai/vector_stores/vs_1/search"), ("GET", "/v1/openai/Files/file-abc123"),
+    ("GET", "/v1/x;y/openai/conversations/conv_1/items"), ("GET", "/v1/chat/x/files/file-abc123"),
+]
+
+
+def test_a_path_naming_another_below_another_prefix_is_never_pass_through(
+    gateway_factory: Callable[..., Gateway], spy: SpyUpstream
+) -> None:
+    """A server in front of the provider reads paths below other prefixes as OpenAI's (LiteLLM's
+    `/openai/{endpoint}` pass-through to OpenAI's `/v1/{endpoint}`, Azure's `/openai/deployments/{name}/...`,
+    `/engines/{model}/...`). With `/v1/*` allowed, `/v1/openai/files/{id}/content` and the like were sent
+    on as spelled, none of the checks of the path they name applied: another user's file read or deleted,
+    every user's batches listed, the account's admin keys read, a Realtime secret made, a fine-tuned model
+    deleted, an image or a search run for one request and no token. Each is 404 `endpoint_not_supported`
+    naming the path it may be read as, nothing sent or recorded; OpenAI's own paths that name a collection
+    below their first segment still go."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*,/v1/chatkit/*,/v1/organization/*")
+    with gw.client() as alice:
+        refused = [alice.request(method, path, json=None if method in ("GET", "DELETE") else {"model": "dall-e-3"})
+                   for method, path in BELOW_ANOTHER_PREFIX]
+        assert spy.seen == []
+        allowed = [alice.post("/v1/moderations", json=MODERATION), alice.get("/v1/chatkit/threads/cthr_1"),
+                   alice.get("/v1/organization/usage/vector_stores"), alice.get("/v1/x")]
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), (r.request.url, r.text)
+    assert "/v1/files/file-abc123/content" in openai_error(refused[0].json())["message"]
+    assert spy.paths() == ["/v1/moderations", "/v1/chatkit/threads/cthr_1", "/v1/organization/usage/vector_stores", "/v1/x"]
+    assert recorded_ids(gw.settings.database_url) == {r.headers["x-request-id"] for r in allowed}
+
+
 SESSIONS = [
     "/v1/realtime/client_secrets", "/v1/realtime/sessions", "/v1/realtime/transcription_sessions",
     "/v1/realtime/calls/rtc_1/accept", "/v1/realtime/translations/client_secrets", "/v1/chatkit/sessions",

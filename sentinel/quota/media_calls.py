@@ -14,9 +14,9 @@ plan ran them at one request each. Each is now held to the plan's token limits, 
   minute, slower by its `speed`). A `speed` that is no number from 0.25 to 4.0 is refused (400).
 - images (`POST /v1/images/generations`, `/edits`, `/variations`): each image is what `gpt-image-1`
   bills for an image of its shape and quality (`image_tokens`: OpenAI's table, GPT_IMAGE_TOKENS),
-  `n` of them reserved as output (the prompt's tokens as input), and charged for the images the
-  answer shows (its `data` entries) when it shows no usage. `gpt-image-1`'s answer shows its usage,
-  which is charged instead.
+  `n` of them reserved as output (the prompt's tokens as input; an edit's, not `dall-e-*`, also the
+  images it is given: `edit_images`), and charged for the images the answer shows (its `data`
+  entries) when it shows no usage. `gpt-image-1`'s answer shows its usage, which is charged instead.
 - a transcription or translation as `text`, `srt` or `vtt`: nothing is reserved (its audio's length
   is not known before: bounded from an upload's size, a real recording would never fit a plan); it is
   charged, as `srt` or `vtt`, the audio's length its cues show (the last one's end, at the rate a
@@ -70,7 +70,7 @@ from sentinel.domain.numbers import MAX_TOKENS
 from sentinel.errors import InvalidRequest
 from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
 from sentinel.quota.estimate import estimate_input
-from sentinel.quota.images import openai_image_rule
+from sentinel.quota.images import HEADER_BYTES, image_size, openai_image_rule, url_image_tokens
 from sentinel.quota.items import item_text
 from sentinel.quota.media import BYTES_PER_TOKEN
 from sentinel.quota.tokens import TokenCounter
@@ -85,6 +85,10 @@ CUED_FORMATS = frozenset({"srt", "vtt"})  # ... those whose cues show the audio'
 # Sentinel did (`response_format` given as `json`, then as `text`, or `n` sent with a filename that
 # Sentinel skipped: reserved and charged as another call than the provider bills).
 READ_FIELDS = frozenset({"model", "n", "size", "quality", "response_format", "prompt", "seconds"})
+EDITS = ("images", "edits")
+# The images an edit gives its model to read (an upload's file parts of these names, `image[]` too; a
+# JSON body's `images` and `mask`): a gpt-image model bills each as image input tokens.
+EDIT_IMAGES = frozenset({"image", "mask"})
 
 # gpt-image-1's output tokens per image (OpenAI's image generation guide), by quality: a square
 # (1024 x 1024), a portrait (1024 x 1536) and a landscape (1536 x 1024) image.
@@ -156,12 +160,13 @@ def video_source(segments: Sequence[str], fields: Mapping[str, Any]) -> str | No
 
 def media_call(
     counter: TokenCounter, segments: Sequence[str], fields: Mapping[str, Any],
-    source: tuple[str, str, int] | None = None,
+    source: tuple[str, str, int] | None = None, uploaded: Sequence[tuple[str, bytes]] = (),
 ) -> MediaCall | None:
     """The media call a `POST` to the `/v1` path `segments` with the body `fields` (a JSON object, or an
     upload's fields as text) is, None for any other call. `source`: the (model, size, seconds) of
     the video a video call makes its own of (`video_source`), when Sentinel recorded it: what the
-    request does not name of its source is reserved as that (an extension's length: its own)."""
+    request does not name of its source is reserved as that (an extension's length: its own).
+    `uploaded`: an upload's file parts (name, content): an edit's images (`edit_images`)."""
     path = _path(segments)
     model = fields.get("model")
     model = model if isinstance(model, str) else ""
@@ -175,8 +180,10 @@ def media_call(
     if path in IMAGES:
         prompt = fields.get("prompt")
         per_image = image_tokens(model or "dall-e-2", fields.get("size"), fields.get("quality"))
-        return MediaCall("images", counter.count_text(prompt, model) if isinstance(prompt, str) else 0,
-                         per_image * image_count(fields.get("n")), per_image)
+        read = counter.count_text(prompt, model) if isinstance(prompt, str) else 0
+        if path == EDITS:
+            read += edit_images(model, fields, uploaded)
+        return MediaCall("images", min(MAX_TOKENS, read), per_image * image_count(fields.get("n")), per_image)
     if path in TRANSCRIPTS:
         format_ = _word(fields.get("response_format"))
         return MediaCall("transcript", cues=format_ in CUED_FORMATS, as_json=format_ not in TEXT_FORMATS)
@@ -203,6 +210,29 @@ def media_call(
     if path == GRADER_RUN:
         return MediaCall("grader", input_tokens=grader_run_input(counter, fields))
     return None
+
+
+def edit_images(model: str, fields: Mapping[str, Any], uploaded: Sequence[tuple[str, bytes]]) -> int:
+    """The input tokens the images an edit gives (EDIT_IMAGES: an upload's file parts, a JSON body's
+    `images` and `mask`) cost a gpt-image model, each by `openai_image_rule`'s tiles for its size, read
+    from its header (a data URL's), else the most an image costs (a `file_id`, an http(s) URL, a header
+    not read); 0 for a `dall-e-*` edit, billed by the image made. Only the answer's usage charged them:
+    a burst of edits of many large images passed an input limit before the first settled."""
+    if model.rsplit("/", 1)[-1].lower().startswith("dall-e"):
+        return 0
+    rule = openai_image_rule(model)
+    total = 0
+    for name, content in uploaded:
+        if name.partition("[")[0] in EDIT_IMAGES:
+            size = image_size(content[:HEADER_BYTES])
+            total += rule.most() if size is None else rule.tokens(*size)
+    given = fields.get("images")
+    for image in [*(given if isinstance(given, list) else []), fields.get("mask")]:
+        if isinstance(image, dict):
+            total += url_image_tokens(image.get("image_url"), rule=rule)
+        if total >= MAX_TOKENS:
+            return MAX_TOKENS
+    return min(MAX_TOKENS, total)
 
 
 def grader_run_input(counter: TokenCounter, fields: Mapping[str, Any]) -> int:

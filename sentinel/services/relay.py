@@ -51,7 +51,15 @@ from sentinel.quota.estimate import hides_output, item_references
 from sentinel.quota.images import image_rule_for
 from sentinel.quota.items import item_text
 from sentinel.quota.media import upload_facts
-from sentinel.quota.media_calls import READ_FIELDS, MediaCall, media_call, read_once, video_made, video_source
+from sentinel.quota.media_calls import (
+    EDITS,
+    READ_FIELDS,
+    MediaCall,
+    media_call,
+    read_once,
+    video_made,
+    video_source,
+)
 from sentinel.quota.meter import Admission, Meter
 from sentinel.quota.tokens import TokenCounter
 from sentinel.routing.catalogue import ModelCatalogue
@@ -348,7 +356,7 @@ class OpenAIRelay:
             forwarded = forwardable_headers(headers)
             if forwarded.get("content-encoding", "identity").strip().lower() != "identity":
                 raise InvalidRequest("A pass-through body must not be compressed (Content-Encoding): its ids must be read")
-            body, as_json, batch, stored, fields, eval_data = await self._check_body(
+            body, as_json, batch, stored, fields, eval_data, uploaded = await self._check_body(
                 identity, body, forwarded.get("content-type", "").strip(),
                 creates_batch=creates_batch, uploads=upload_files(method, segments), segments=segments,
             )
@@ -357,7 +365,8 @@ class OpenAIRelay:
                 source_id = video_source(segments, fields)
                 source = await self.ownership.video_of(source_id) if source_id is not None else None
                 media = await count_off_loop(
-                    functools.partial(media_call, self.counter, segments, fields, source), len(body))
+                    functools.partial(media_call, self.counter, segments, fields, source, uploaded), len(body))
+                del uploaded  # (read: not held while the call is sent)
                 if media is not None and media.kind == "compact":
                     # The stored context it compacts (`previous_response_id`, `conversation`) is read
                     # along, as a metered request continuing it reserves it (`carried_input`).
@@ -550,7 +559,7 @@ class OpenAIRelay:
     async def _check_body(
         self, identity: Identity, body: bytes, content_type: str, *, creates_batch: bool,
         uploads: frozenset[str] | None, segments: Sequence[str],
-    ) -> tuple[bytes, bool, BatchEstimate | None, bytes | None, dict[str, Any], bool]:
+    ) -> tuple[bytes, bool, BatchEstimate | None, bytes | None, dict[str, Any], bool, list[tuple[str, bytes]]]:
         """Refuse a body naming another user's object. Returns (the body as it goes upstream, whether
         it is JSON — re-encoded from what was checked —, for the upload of a batch's input — whose
         every line was checked as a request of its own — what its lines reserve, or for a batch's
@@ -558,7 +567,8 @@ class OpenAIRelay:
         goes upstream: `Upload.stored_file`, and its fields: a JSON object's, an upload's as text —
         the first of each name, files aside —, for what a media call reserves: `media_call`; and
         whether it is the upload of an eval's data file whose every item was read for ids:
-        `eval_data_references`). An eval run may only read a data file checked so
+        `eval_data_references`; and an upload's file parts, name and content, read by `media_call`: an
+        edit's images). An eval run may only read a data file checked so
         (`eval_data_files`). The end user the client named — a JSON
         body's `user` or `safety_identifier`, an upload's field of that name — is the caller's
         pseudonym instead, and every line of a batch's input tells the provider the caller's pseudonym
@@ -607,7 +617,9 @@ class OpenAIRelay:
                     raise InvalidRequest(f"An upload to this endpoint gives its `{name}` once: its charge is read from it",
                                          details={"param": name})
                 fields.setdefault(name, value.decode("utf-8", "replace"))
-            return upload_body, False, estimate, stored, fields, eval_data
+            edit = tuple(segments) == EDITS  # (an upload's other files, audio up to 25 MB, are not kept along)
+            uploaded = [(name, value) for name, value, is_file in upload.parts if is_file] if edit else []
+            return upload_body, False, estimate, stored, fields, eval_data, uploaded
         if media and media != "application/json" and not media.endswith("+json"):
             raise _unsupported_type(
                 "The request body must be JSON (Content-Type: application/json), or a multipart/form-data upload "
@@ -626,7 +638,7 @@ class OpenAIRelay:
         # An end user the client named (an image generation's `user`) is the caller's pseudonym.
         parsed = with_named_end_user(parsed, self.end_users.of(identity.external_id))
         sent = await off_loop(functools.partial(orjson.dumps, parsed), heavy)
-        return sent, True, estimate, None, parsed if isinstance(parsed, dict) else {}, False
+        return sent, True, estimate, None, parsed if isinstance(parsed, dict) else {}, False, []
 
     async def _read_along(self, estimate: BatchEstimate) -> BatchEstimate:
         """`estimate` with the context its lines have the provider read along added to its input: each

@@ -8,12 +8,14 @@ and reserved none: a user on a token-limited plan ran them at one request each."
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 from collections.abc import Callable
 
 import pytest
 
 from sentinel.quota.audio import AUDIO_TOKENS_PER_SECOND
+from sentinel.quota.images import openai_image_tokens
 from sentinel.quota.media import BYTES_PER_TOKEN
 from sentinel.quota.media_calls import (
     MAX_VIDEO_SECONDS,
@@ -106,6 +108,45 @@ def test_dalle_images_are_charged_per_image_made_and_held_to_the_output_limit(
         # One image's worth is left: two more do not fit, refused before they run.
         _refused_before_upstream(gw, upstream, lambda: client.images.generate(
             model="dall-e-3", prompt="a lighthouse at dawn", n=2, size="1792x1024", quality="hd"), 1)
+
+
+def _png(width: int, height: int) -> bytes:
+    """A PNG's signature and header chunk: all an image's size is read from."""
+    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+
+
+def test_a_gpt_image_edit_is_reserved_its_input_images_and_held_to_the_input_limit(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    """A gpt-image edit bills the images it is given as input tokens, but reserved only its prompt's:
+    an edit of sixteen images far past the plan's input limit was sent (charged its answer's usage
+    after), and a burst of edits passed any limit before the first settled. Each image given (an
+    upload's `image[]` and `mask`, a JSON body's `images`) is reserved as its size's tiles: an edit that
+    can never fit is refused before it is sent, one past what is left waits for the window."""
+    prompt = "put a hat on the cat"
+    per_image = openai_image_tokens(1024, 1024, model="gpt-image-1")
+    edit = TokenCounter().count_text(prompt, "gpt-image-1") + 2 * per_image
+    upstream = ScriptedUpstream()
+    with serving(upstream) as srv:
+        gw = _start(gateway_factory, srv.url, f"requests=100/1h,input_tokens={edit + edit // 2}/1h")
+        upstream.json({**IMAGE, "usage": {"input_tokens": edit, "output_tokens": 0, "total_tokens": edit}})
+        client = gw.openai()
+        images = [("a.png", _png(1024, 1024)), ("b.png", _png(1024, 1024))]
+        _refused_before_upstream(gw, upstream, lambda: client.images.edit(
+            model="gpt-image-1", image=images * 8, prompt=prompt), 0)
+        client.images.edit(model="gpt-image-1", image=images, prompt=prompt)
+        row = _row(gw)
+        assert (row["status"], row["input_tokens"]) == (200, edit)  # its answer's usage
+        # Half an edit is left of the limit: the same edit again does not fit, refused before it runs
+        # (it was admitted: it reserved its prompt alone).
+        _refused_before_upstream(gw, upstream, lambda: client.images.edit(
+            model="gpt-image-1", image=images, prompt=prompt), 1)
+        with gw.client() as alice:  # a JSON edit's images alike
+            data_url = "data:image/png;base64," + base64.b64encode(_png(1024, 1024)).decode()
+            given = alice.post("/v1/images/edits", json={
+                "model": "gpt-image-1", "prompt": prompt, "images": [{"image_url": data_url}] * 2})
+        assert given.status_code == 429 and openai_error(given.json())["code"] == "quota_exceeded", given.text
+        assert len(upstream.received) == 1
 
 
 def test_an_image_larger_than_any_openai_model_makes_is_charged_by_its_area(

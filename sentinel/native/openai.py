@@ -177,7 +177,12 @@ def openai_call_id(call_id: str) -> str:
 
 def _message(msg: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": msg.role}
-    if isinstance(msg.content, list):
+    if msg.content == []:
+        # No parts is no content: OpenAI refuses an empty array (400 "empty array. Expected an array
+        # with minimum length 1"), charged as a refusal, where Claude's translation reads it as the
+        # empty message `""` is. Sent as `""` (null beside tool calls), OpenAI takes it as that.
+        out["content"] = None if msg.tool_calls else ""
+    elif isinstance(msg.content, list):
         out["content"] = [part.to_dict() for part in msg.content]
     else:
         out["content"] = msg.content

@@ -274,6 +274,24 @@ def test_an_empty_system_message_is_not_sent_to_claude(gateway_factory: Callable
     assert "system" not in sent and sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
 
 
+def test_a_turn_of_no_content_parts_reaches_an_openai_model_as_no_content(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """`content: []` went to an OpenAI model as given, which refuses an empty array (a 400 charged as
+    its refusal), while Claude's translation reads it as the empty message `""` is: sent as that."""
+    gw = gateway_factory(providers_file=tiers_file(tmp_path, "openai"))
+    messages = [{"role": "user", "content": "weather in Oslo?"},
+                {"role": "assistant", "content": [], "tool_calls": [_call("c1")]},
+                {"role": "tool", "tool_call_id": "c1", "content": []},
+                {"role": "user", "content": []}]
+    with gw.client() as http:
+        r = http.post(URL, json={"messages": messages, "tools": [WEATHER_TOOL]})
+    assert r.status_code == 200, r.text
+    sent = httpx.get(f"{gw.settings.openai_api_url.removesuffix('/v1')}/__mock/last_request",
+                     params={"path": "/v1/chat/completions"}, timeout=5).json()["body"]
+    assert [m["content"] for m in sent["messages"]] == ["weather in Oslo?", None, "", ""]
+
+
 def test_native_requires_auth(gateway: Gateway) -> None:
     r = httpx.post(gateway.url + URL, json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"

@@ -11,6 +11,7 @@ only when the provider gave none.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from typing import Any
 
@@ -20,7 +21,7 @@ from sentinel.native._wire import as_count, as_object
 from sentinel.native._wire import (
     field_text as field_text,  # the one rule; `sentinel.quota.usage` reads it here
 )
-from sentinel.native.errors import TranslationError
+from sentinel.native.errors import TranslationError, invalid
 from sentinel.native.model_request import ModelChatRequest
 from sentinel.native.responses import (
     AssistantMessage,
@@ -92,17 +93,32 @@ def writable_arguments(value: dict[str, Any], *, tool: str, provider: str) -> di
     return value
 
 
+# What OpenAI's reasoning models (`completion_cap`) take only as the default, 1 — but gpt-5.1 and
+# later, which reason only when asked (`reasoning_effort` defaults to `none`) and sample as asked then.
+_DEFAULT_SAMPLING_ONLY = frozenset({"temperature", "top_p"})
+_SAMPLES_UNASKED = re.compile(r"gpt-5\.[1-9].*", re.IGNORECASE)
+
+
 def build_openai_request(req: ChatParams, model: str, *, stream: bool, completion_cap: bool = False) -> dict[str, Any]:
     """The upstream body for POST /chat/completions with the selected `model`. `completion_cap`: the
     output cap goes as `max_completion_tokens`, for OpenAI's reasoning models, which refuse
     `max_tokens` (400 "Unsupported parameter: 'max_tokens' is not supported with this model. Use
     'max_completion_tokens' instead."); other models get `max_tokens`, which every OpenAI-compatible
-    server reads (some refuse a field they do not know)."""
+    server reads (some refuse a field they do not know). Those models take `temperature` and `top_p`
+    only as their default, 1 (left out); another is NativeValidationError naming it."""
     body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in req.messages]}
     for field in ("temperature", "top_p", "max_tokens", "stop"):
         value = getattr(req, field)
-        if value is not None:
-            body["max_completion_tokens" if field == "max_tokens" and completion_cap else field] = value
+        if value is None:
+            continue
+        if completion_cap and field in _DEFAULT_SAMPLING_ONLY and not _SAMPLES_UNASKED.fullmatch(model):
+            if value == 1:  # the default, the one value they take: the same request without it
+                continue
+            # OpenAI refuses another (400 "Unsupported value: 'temperature' does not support 0.5 with
+            # this model"), charged as its refusal: a model that cannot carry it, as Claude's
+            # translation refuses a whitespace stop (a tier's other candidates are tried).
+            raise invalid(field, f"OpenAI's reasoning models ({model}) take no {field} other than 1")
+        body["max_completion_tokens" if field == "max_tokens" and completion_cap else field] = value
     if req.tools:
         body["tools"] = [tool.to_dict() for tool in req.tools]
     if isinstance(req.tool_choice, ToolChoiceFunction):

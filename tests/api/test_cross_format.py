@@ -865,6 +865,26 @@ def test_a_temperature_past_the_messages_apis_range_is_refused_for_gpt(gateway_f
     assert upstream(gw, "/v1/chat/completions")["body"]["temperature"] == 1
 
 
+def test_a_temperature_openais_reasoning_models_refuse_is_refused_for_them(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """o-series and gpt-5 models take `temperature` only as 1: an Anthropic client's 0.5 for one was
+    sent as written, refused by OpenAI and charged as its refusal. A 400 naming it in Anthropic's shape
+    before anything is reserved; 1, their default, is served and sent without it."""
+    providers = tmp_path / "reasoning.yaml"
+    providers.write_text(yaml.safe_dump({"models": [{"name": "o4-mini", "provider": "openai"}]}))
+    gw = gateway_factory(providers_file=providers, default_plan="requests=1/1m")
+    claude = gw.anthropic()
+    ask = [{"role": "user", "content": "x"}]
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(model="o4-mini", max_tokens=5, messages=ask, extra_body={"temperature": 0.5})  # type: ignore[arg-type]
+    body = caught.value.response.json()
+    assert body["type"] == "error" and body["error"]["message"].startswith("temperature:"), body
+    served = claude.messages.create(model="o4-mini", max_tokens=5, messages=ask, extra_body={"temperature": 1})  # type: ignore[arg-type]
+    assert served.model == "o4-mini"  # (the plan's one request: the refusal reserved none)
+    assert "temperature" not in upstream(gw, "/v1/chat/completions")["body"]
+
+
 def test_a_stop_sequence_of_only_whitespace_is_refused_for_gpt(gateway_factory: Callable[..., Gateway]) -> None:
     """The Messages API refuses a stop sequence of only whitespace (as the translation for Claude does an
     OpenAI client's `"\\n"`); translated for an OpenAI model, which takes it, it was sent and served. It

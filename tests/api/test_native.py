@@ -292,6 +292,53 @@ def test_a_turn_of_no_content_parts_reaches_an_openai_model_as_no_content(
     assert [m["content"] for m in sent["messages"]] == ["weather in Oslo?", None, "", ""]
 
 
+def test_a_sampling_value_openais_reasoning_models_refuse_is_carried_by_another_model_or_refused(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """o-series and gpt-5 models take `temperature` and `top_p` only as 1: another went to them as
+    given, refused there (a 400 charged as its refusal) while the tier's gpt-4o-mini served it. A model
+    that cannot carry it: the tier's other candidate serves it; on such a model alone it is Sentinel's
+    400 naming the field, nothing sent. The default, 1, is the same request without it."""
+    entries = {"o3-only": [{"provider": "openai", "model": "o3-mini", "relative_cost": 1}],
+               "mixed": [{"provider": "openai", "model": "o3-mini", "relative_cost": 1},
+                         {"provider": "openai", "model": "gpt-4o-mini", "relative_cost": 1}]}
+    for name, tier in entries.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"tiers": {"simple": tier, "moderate": tier, "complex": tier}}))
+    ask = [{"role": "user", "content": "hi"}]
+    with spying(create_mock_app()) as (_, spy):
+        gw = gateway_factory(openai_api_url=spy.url + "/v1", providers_file=tmp_path / "o3-only.yaml")
+        for field in ("temperature", "top_p"):
+            recorded = recorded_ids(gw.settings.database_url)
+            with gw.client() as http:
+                r = http.post(URL, json={"messages": ask, field: 0.5})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["details"] == {"param": field} and field in r.json()["error"]["message"]
+            assert spy.seen == [] and recorded_ids(gw.settings.database_url) == recorded
+            with gw.client() as http:
+                r = http.post(URL, json={"messages": ask, field: 1})
+            assert r.status_code == 200, r.text
+            sent = httpx.get(f"{spy.url}/__mock/last_request", params={"path": "/v1/chat/completions"},
+                             timeout=5).json()["body"]
+            assert sent["model"] == "o3-mini" and field not in sent
+            spy.clear()
+        mixed = gateway_factory(openai_api_url=spy.url + "/v1", providers_file=tmp_path / "mixed.yaml")
+        with mixed.client() as http:
+            served = {http.post(URL, json={"messages": ask, "temperature": 0.5}).headers["x-sentinel-model"]
+                      for _ in range(8)}
+        assert served == {"gpt-4o-mini"}
+        # gpt-5.1 and later reason only when asked, and then take them
+        tier = [{"provider": "openai", "model": "gpt-5.1", "relative_cost": 1}]
+        (tmp_path / "gpt-5.1.yaml").write_text(yaml.safe_dump({"tiers": {"simple": tier, "moderate": tier,
+                                                                          "complex": tier}}))
+        later = gateway_factory(openai_api_url=spy.url + "/v1", providers_file=tmp_path / "gpt-5.1.yaml")
+        with later.client() as http:
+            r = http.post(URL, json={"messages": ask, "temperature": 0.5})
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{spy.url}/__mock/last_request", params={"path": "/v1/chat/completions"},
+                         timeout=5).json()["body"]["temperature"] == 0.5
+
+
 def test_native_requires_auth(gateway: Gateway) -> None:
     r = httpx.post(gateway.url + URL, json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"

@@ -149,7 +149,11 @@ UNSEEN_SESSIONS = frozenset({"realtime", "chatkit", "live", "agents"})
 # response, a generated explanation of what it did; the end user flagged). No object there is one
 # user's, so none can be kept to its owner: opened only by a pattern naming them too (`/v1/*` handed
 # every user the account's shared settings and secrets, and any user's alert to whoever held its id).
-ACCOUNT_WIDE = frozenset({"organization", "projects", "webhook_endpoints", "webhook_event_types", "vaults", "safety"})
+# So are the legacy account reports, `/v1/usage` (the account's usage by day) and `/v1/dashboard/billing/*`
+# (its subscription, spend and credit): every user's usage and the company's bill, to any user.
+ACCOUNT_WIDE = frozenset({
+    "organization", "projects", "webhook_endpoints", "webhook_event_types", "vaults", "safety", "usage", "dashboard",
+})
 BY_NAME_ONLY = UNSEEN_SESSIONS | ACCOUNT_WIDE
 # The first segment of every `/v1` path Sentinel serves, checks or opens only by name (SPELLED's,
 # BY_NAME_ONLY): below another first segment, a gateway in front of the provider may read the path

@@ -422,6 +422,8 @@ ACCOUNT_WIDE = [
     "/v1/Vaults", "/v1/webhook_endpoints;x",
     # the project's safety alerts and cases: each about one user's request (its response, what it did)
     "/v1/safety/alerts/sa_1", "/v1/safety/cases/sc_1", "/v1/Safety/alerts/sa_1",
+    # the legacy account reports: every user's usage by day, the company's subscription and spend
+    "/v1/usage?date=2026-12-01", "/v1/dashboard/billing/subscription", "/v1/dashboard/billing/usage",
 ]
 
 

@@ -154,17 +154,44 @@ UNSEEN_SESSIONS = frozenset({"realtime", "chatkit", "live", "agents"})
 ACCOUNT_WIDE = frozenset({
     "organization", "projects", "webhook_endpoints", "webhook_event_types", "vaults", "safety", "usage", "dashboard",
 })
-BY_NAME_ONLY = UNSEEN_SESSIONS | ACCOUNT_WIDE
+# Below these a gateway in front of the provider serves routes of its own, none OpenAI's: OPENAI_API_URL
+# at a LiteLLM proxy (its documented base URL has no `/v1`, so `/v1/{path}` reaches the proxy's
+# `/{path}`), OpenRouter, Portkey or a vLLM server. A provider's native API run with the gateway's
+# credentials (LiteLLM's `/bedrock/model/{id}/invoke`, `/gemini/v1beta/...:generateContent`,
+# `/anthropic/...`), outside the catalogue and with no usage Sentinel reads; the gateway's own keys,
+# users, teams, spend and models (LiteLLM's `/key/generate`, `/spend/logs`; OpenRouter's `/keys`,
+# `/credits`; Portkey's `/api-keys`, `/virtual-keys`, `/logs`), every user's alike; a server's adapters
+# and state (vLLM's `/load_lora_adapter`, `/sleep`). `/v1/*` forwarded them to every user: opened
+# only by a pattern naming them too.
+GATEWAY_ROUTES = frozenset({
+    # LiteLLM's provider pass-throughs
+    "anthropic", "assemblyai", "eu.assemblyai", "azure", "azure_ai", "bedrock", "cohere", "cursor", "gemini", "grok",
+    "langfuse", "milvus", "mistral", "openai", "openai_passthrough", "opencode", "vertex_ai", "vertex-ai", "vllm",
+    "watsonx",
+    # LiteLLM's management API (`/v2/model/info`, `/v2/key/info` too) and its other model calls
+    "key", "user", "team", "spend", "global", "model", "model_group", "customer", "end_user", "budget", "credentials",
+    "audit", "config", "get", "guardrails", "tag", "cache", "health", "routes", "sso", "settings", "invitation",
+    "scim", "utils", "mcp", "mcp-rest", "toolset", "tool", "v2", "rerank",
+    # OpenRouter's keys, credits and generations; Portkey's admin API
+    "keys", "credits", "auth", "activity", "generation", "admin", "api-keys", "virtual-keys", "configs", "prompts",
+    "workspaces", "logs", "analytics", "feedback", "integrations", "providers", "collections", "labels",
+    # vLLM's
+    "load_lora_adapter", "unload_lora_adapter", "sleep", "wake_up", "collective_rpc", "reset_prefix_cache",
+    "start_profile", "stop_profile", "score", "classify", "pooling", "tokenize", "detokenize", "invocations",
+})
+_OPENAI_BY_NAME = UNSEEN_SESSIONS | ACCOUNT_WIDE
+BY_NAME_ONLY = _OPENAI_BY_NAME | GATEWAY_ROUTES
 # The first segment of every `/v1` path Sentinel serves, checks or opens only by name (SPELLED's,
-# BY_NAME_ONLY): below another first segment, a gateway in front of the provider may read the path
-# from there on as that `/v1` path (LiteLLM's `/openai/{endpoint}` pass-through to OpenAI's
+# OpenAI's of BY_NAME_ONLY): below another first segment, a gateway in front of the provider may read
+# the path from there on as that `/v1` path (LiteLLM's `/openai/{endpoint}` pass-through to OpenAI's
 # `/v1/{endpoint}`, Azure's `/openai/deployments/{name}/...`, `/engines/{model}/...`, `/api/v1/...`).
-_ROOTS = frozenset({head[0] for head in SPELLED} | BY_NAME_ONLY)
+_ROOTS = frozenset({head[0] for head in SPELLED} | _OPENAI_BY_NAME)
 
 
 def _root_below(path: str) -> str | None:
     """The `/v1` path `path` holds from a segment of `_ROOTS` on, below a first segment that begins no
-    path Sentinel serves, checks or opens only by name (read as `_misspelled` reads it); None
+    path Sentinel serves, checks or opens only by name (read as `_misspelled` reads it; a gateway's own
+    route of GATEWAY_ROUTES is read so too, named or not: `/openai/...` is OpenAI's API again); None
     otherwise. `/v1/openai/files/{id}/content`, `/v1/engines/{model}/batches`,
     `/v1/openai/organization/admin_api_keys` or `/v1/openai/models/{ft model}` were sent on as spelled
     under `/v1/*`, to a gateway that may read them as `/v1/files/{id}/content`, ...: another user's file
@@ -175,7 +202,7 @@ def _root_below(path: str) -> str | None:
     segments = path[4:].rstrip("/").split("/")
     wanted = [_leniently(segment) for segment in segments]
     wanted[-1] = wanted[-1].partition(".")[0] or wanted[-1]  # a suffix pattern's `.json`
-    if wanted[0] in BY_NAME_ONLY or any(tuple(wanted[: len(head)]) == head for head in SPELLED):
+    if wanted[0] in _OPENAI_BY_NAME or any(tuple(wanted[: len(head)]) == head for head in SPELLED):
         return None
     for at in range(1, len(wanted)):
         if wanted[at] in _ROOTS:
@@ -349,8 +376,13 @@ class OpenAIRoutes:
         if pattern is None:
             named = self.passthrough_policy.withheld(path)
             if named is not None:
-                what = ("hands out provider sessions whose tokens the gateway never sees" if named[4:] in UNSEEN_SESSIONS
-                        else "manages what the whole provider account shares, every user's alike")
+                if named[4:] in UNSEEN_SESSIONS:
+                    what = "hands out provider sessions whose tokens the gateway never sees"
+                elif named[4:] in ACCOUNT_WIDE:
+                    what = "manages what the whole provider account shares, every user's alike"
+                else:
+                    what = ("is a route of a gateway in front of the provider, not OpenAI's (a provider's own API, "
+                            "or the gateway's keys, users and spend)")
                 raise NotFound(
                     f"Endpoint {request.method} {clipped(path)} is not supported by this gateway: it {what}, "
                     f"allowed only by name ({named}/*)", code="endpoint_not_supported",

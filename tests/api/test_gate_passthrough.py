@@ -456,6 +456,56 @@ def test_what_the_whole_provider_account_shares_is_opened_only_by_name(
     assert spy.paths() == ["/v1/vaults/vlt_1"]  # ...but the vault named was sent
 
 
+GATEWAY_ROUTES = [
+    # LiteLLM's provider pass-throughs: a provider's own API, any model, run with the proxy's credentials
+    ("POST", "/v1/bedrock/model/anthropic.claude-3-5-sonnet/invoke"), ("POST", "/v1/bedrock/model/m1/converse"),
+    ("POST", "/v1/vertex_ai/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-pro:generateContent"),
+    ("POST", "/v1/gemini/v1beta/models/gemini-2.5-pro:generateContent"), ("POST", "/v1/cohere/v2/chat"),
+    ("POST", "/v1/assemblyai/v2/transcript"), ("POST", "/v1/mistral/ocr"), ("POST", "/v1/azure/responses"),
+    ("GET", "/v1/openai/realtime"), ("POST", "/v1/Bedrock/model/m1/invoke"), ("POST", "/v1/vllm;x/pooling"),
+    # LiteLLM's management API: the proxy's keys, users, teams, spend and models, every user's alike
+    ("POST", "/v1/key/generate"), ("GET", "/v1/key/list"), ("POST", "/v1/user/new"), ("POST", "/v1/team/new"),
+    ("GET", "/v1/spend/logs"), ("GET", "/v1/global/spend/report"), ("POST", "/v1/model/new"), ("GET", "/v1/model/info"),
+    ("GET", "/v1/health"), ("GET", "/v1/credentials"), ("GET", "/v1/v2/model/info"),
+    # OpenRouter's keys and credits, Portkey's admin API, vLLM's adapters
+    ("GET", "/v1/keys"), ("GET", "/v1/credits"), ("GET", "/v1/api-keys"), ("GET", "/v1/virtual-keys"),
+    ("GET", "/v1/logs"), ("POST", "/v1/load_lora_adapter"), ("POST", "/v1/sleep"),
+]
+
+
+def test_a_gateways_own_routes_are_opened_only_by_name(gateway_factory: Callable[..., Gateway], spy: SpyUpstream) -> None:
+    """With OPENAI_API_URL at a gateway (a LiteLLM proxy, whose documented base URL has no `/v1`;
+    OpenRouter, Portkey, a vLLM server), `SENTINEL_PASSTHROUGH=/v1/*` forwarded the gateway's own
+    routes to every user: LiteLLM's provider pass-throughs (`/bedrock/model/{id}/invoke`,
+    `/gemini/...:generateContent`: any model, outside the catalogue, no usage Sentinel reads) and its
+    management API (`/key/generate`, `/spend/logs`, `/model/new`: the proxy's keys, spend and models),
+    OpenRouter's keys and credits, Portkey's admin API, vLLM's adapters. Only a pattern naming them
+    opens them: under a broader one they are 404 `endpoint_not_supported`, nothing sent or recorded;
+    OpenAI's own paths still go."""
+    gw = start(gateway_factory, spy, passthrough="/v1/*")
+    with gw.client() as alice:
+        refused = [alice.request(method, path, json=None if method == "GET" else {"model": "m1"})
+                   for method, path in GATEWAY_ROUTES]
+        assert spy.seen == []
+        other = alice.post("/v1/moderations", json=MODERATION)
+    for r in refused:
+        assert (r.status_code, openai_error(r.json())["code"]) == (404, "endpoint_not_supported"), (r.request.url, r.text)
+    assert "a route of a gateway in front of the provider" in openai_error(refused[0].json())["message"]
+    assert "allowed only by name (/v1/bedrock/*)" in openai_error(refused[0].json())["message"]
+    assert other.status_code == 200, other.text
+    assert spy.paths() == ["/v1/moderations"]
+    assert recorded_ids(gw.settings.database_url) == {other.headers["x-request-id"]}
+
+    spy.clear()
+    named = start(gateway_factory, spy, passthrough="/v1/*,/v1/bedrock/*")
+    with named.client() as alice:
+        answers = [alice.post(path, json={"model": "m1"}) for path in
+                   ("/v1/bedrock/model/m1/invoke", "/v1/key/generate")]
+    assert [r.status_code for r in answers] == [404, 404]  # the mock serves neither...
+    assert spy.paths() == ["/v1/bedrock/model/m1/invoke"]  # ...but the route named was sent
+    assert "allowed only by name (/v1/key/*)" in openai_error(answers[1].json())["message"]
+
+
 def test_a_word_that_charges_a_run_in_another_case_is_never_pass_through(
     gateway_factory: Callable[..., Gateway], spy: SpyUpstream
 ) -> None:

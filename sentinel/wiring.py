@@ -407,7 +407,7 @@ async def build_runtime(
     await asyncio.to_thread(counter.warm)
     plans = CachedPlans(
         store, governance.plans, ttl=s.cache_ttl_seconds, grace=s.governance_grace_seconds, local_ttl=local_ttl,
-        metrics=metrics, basis=plans_basis(s),
+        metrics=metrics, basis=plans_basis(s), clock=window_clock,  # a reading's period ends on the windows' clock
     )
     # A stream outbox only where every replica sees the same stream (Redis, Redis Cluster).
     stream_outbox = (

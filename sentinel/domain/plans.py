@@ -31,6 +31,10 @@ MAX_WINDOW_SECONDS = 366 * 86400
 # The largest limit an operator may set (a million billion: "unlimited" in practice); sums stay far
 # inside the 64-bit integers of the store, the caches and the database.
 MAX_LIMIT = 10**15
+# How often an external reading whose period has already ended is read again (the source has not
+# rolled the period over yet): often enough that the new period starts within it, seldom enough that
+# one user's requests cannot keep the source busy.
+ENDED_PERIOD_RECHECK_SECONDS = 30
 # The most limits one plan may hold (every one is a counter each request checks), on every surface.
 MAX_PLAN_LIMITS = 50
 _SNAPSHOT = re.compile(r"[\w.\-]{1,64}")
@@ -83,6 +87,23 @@ class ExternalUsage:
     used: int
     snapshot: str
     resets_at: float | None = None
+
+    def reset_after(self, now: float, window_seconds: int) -> float:
+        """When the limit this reading counts for frees up, as told to clients (Retry-After,
+        X-RateLimit-Reset) at `now`: the period's end; a window from now for a period of no end.
+
+        A period that has ended by now is one the source has not rolled over yet: its counts stand
+        until it is read again, ENDED_PERIOD_RECHECK_SECONDS from now at the latest (a reset in the
+        past said "Retry in 1s" at every request until the cached reading ran out). Never said
+        more than MAX_WINDOW_SECONDS ahead, as no built-in window is: a period ending in year 9999
+        was a Retry-After of 8,000 years (the refusal stands; it is only said so)."""
+        if self.resets_at is None:
+            reset = now + window_seconds
+        elif self.resets_at <= now:
+            reset = now + ENDED_PERIOD_RECHECK_SECONDS
+        else:
+            reset = self.resets_at
+        return min(reset, now + MAX_WINDOW_SECONDS)
 
 
 @dataclass(frozen=True)

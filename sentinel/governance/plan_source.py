@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sentinel.domain.identity import Identity
-from sentinel.domain.plans import ExternalUsage, Limit, Plan, PlanSource
+from sentinel.domain.plans import ENDED_PERIOD_RECHECK_SECONDS, ExternalUsage, Limit, Plan, PlanSource
 from sentinel.errors import GovernanceUnavailable
 from sentinel.flight import SingleFlight
 from sentinel.governance.cache import GovernanceCache
@@ -104,6 +104,20 @@ def _external_from_json(ext: Any) -> ExternalUsage:
     return ExternalUsage(used, snapshot, None if resets_at is None else float(resets_at))
 
 
+def fresh_seconds(plan: Plan, now: float, ttl: float) -> float:
+    """How long `plan`, read at `now`, is enforced without asking its source again: `ttl`, but no
+    later than the first of its external periods ends (the next reading starts the new one), and
+    ENDED_PERIOD_RECHECK_SECONDS for a reading whose period had already ended (the source has not
+    rolled it over: asked again soon, but not at every request). Such a reading was enforced the
+    whole `ttl` (CACHE_TTL_SECONDS), its user refused past the end of the period its counts were of."""
+    ends = [limit.external.resets_at for limit in plan.limits
+            if limit.external is not None and limit.external.resets_at is not None]
+    if not ends:
+        return ttl
+    left = min(ends) - now
+    return min(ttl, left if left > 0 else ENDED_PERIOD_RECHECK_SECONDS)
+
+
 def plan_basis(*settings: object) -> str:
     """A short digest of the configuration a source's plans are made from (DEFAULT_PLAN, ...): what
     `CachedPlans` stores with each plan, so that one cached under another configuration is read anew."""
@@ -167,7 +181,8 @@ class CachedPlans:
         each (a burst of 64 was 64 database queries at once)."""
         began = self.cache.clock()
         plan = await self.source.plan_for(identity)
-        await self.cache.put(identity.external_id, (plan, self.basis), began=began)
+        await self.cache.put(identity.external_id, (plan, self.basis), began=began,
+                             ttl=fresh_seconds(plan, self.cache.clock(), self.cache.ttl))
         return plan
 
     async def forget(self, external_id: str) -> None:

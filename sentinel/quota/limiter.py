@@ -631,7 +631,7 @@ class QuotaLimiter:
         """(key, reset_at, ttl_ms) of the counter `limit` uses at time `now`."""
         base = self._base(subject, limit)
         if limit.external is not None:
-            reset_at = limit.external.resets_at or now + limit.window_seconds
+            reset_at = limit.external.reset_after(now, limit.window_seconds)
             ttl = limit.window_seconds + self.ttl_margin
             return f"{base}:x{limit.external.snapshot}", reset_at, math.ceil(ttl * 1000)
         index = math.floor(now / limit.window_seconds)

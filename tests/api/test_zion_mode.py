@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from sentinel.db.engine import create_engine, migrate, session_factory
+from sentinel.domain.plans import ENDED_PERIOD_RECHECK_SECONDS, MAX_WINDOW_SECONDS
 from sentinel.errors import InvalidRequest
 from sentinel.governance.jwt import LEEWAY_SECONDS
 from sentinel.governance.keys import KeyService
@@ -730,3 +731,47 @@ def test_a_sentinel_key_with_its_prefix_in_other_case_never_reaches_zion(
     assert zion.attempts[ME] == 0, zion.attempts
     assert not [seen for seen in zion.seen if body.lower() in str(seen.headers).lower()]
     assert post(gw, key.upper()).json()["error"]["code"] == "auth_rate_limited"  # each was a failed authentication
+
+
+def test_a_zion_period_already_ended_is_read_again_soon_and_never_said_to_reset_in_the_past(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """Zion's reading of a period that has ended (it has not rolled it over yet) is enforced until it
+    is read again — within ENDED_PERIOD_RECHECK_SECONDS, not CACHE_TTL_SECONDS — and the refusal says
+    so: a Retry-After of that recheck and a reset ahead, never "Retry in 1s" with a reset gone by."""
+    clock = FakeClock(1_700_000_000.0)  # 2023-11-14T22:13:20Z
+    user = zion.add_user("jwt-pia", "pia-ext", "pia@example.com", requests=5, used_requests=5,
+                         period_end="2023-11-01T00:00:00.000Z")
+    gw = zion_gateway(gateway_factory, zion, window_clock=clock)
+    denied = post(gw, "jwt-pia")
+    assert denied.status_code == 429, denied.text
+    assert denied.headers["retry-after"] == str(ENDED_PERIOD_RECHECK_SECONDS)
+    assert int(denied.headers["x-ratelimit-reset"]) == clock() + ENDED_PERIOD_RECHECK_SECONDS
+    assert f"Retry in {ENDED_PERIOD_RECHECK_SECONDS}s" in denied.json()["error"]["message"]
+    reads = zion.calls[LIMITS]
+    # Zion rolls the period over: the reading is asked for again once the recheck is due, not before.
+    user.used["aiRequests"], user.period_end = 0, "2023-12-01T00:00:00.000Z"
+    clock.advance(ENDED_PERIOD_RECHECK_SECONDS - 1)
+    assert post(gw, "jwt-pia").status_code == 429
+    assert zion.calls[LIMITS] == reads  # one user's requests do not keep Zion busy
+    clock.advance(1)
+    served = post(gw, "jwt-pia")
+    assert served.status_code == 200, served.text
+    assert zion.calls[LIMITS] == reads + 1
+    assert int(served.headers["x-ratelimit-reset"]) == 1_701_388_800  # the new period's end
+
+
+def test_a_zion_period_ending_in_year_9999_is_said_to_reset_no_more_than_a_year_ahead(
+    gateway_factory: Callable[..., Gateway], zion: FakeZion
+) -> None:
+    """.NET's DateTime.MaxValue as a period end keeps the refusal, but Retry-After and the reset
+    headers say at most MAX_WINDOW_SECONDS (a year) ahead: it said 251605528328 s (8,000 years)."""
+    clock = FakeClock(1_700_000_000.0)
+    zion.add_user("jwt-quinn", "quinn-ext", "quinn@example.com", requests=5, used_requests=5,
+                  reset_period="NEVER", period_end="9999-12-31T23:59:59.999Z")
+    gw = zion_gateway(gateway_factory, zion, window_clock=clock)
+    denied = post(gw, "jwt-quinn")
+    assert denied.status_code == 429, denied.text
+    assert denied.headers["retry-after"] == str(MAX_WINDOW_SECONDS)
+    assert int(denied.headers["x-ratelimit-reset"]) == clock() + MAX_WINDOW_SECONDS
+    assert denied.json()["error"]["code"] == "quota_exceeded"

@@ -146,11 +146,13 @@ class UsageDeliverer:
                 # Another deliverer took it over (its lease ran out before this retry) and settled
                 # it: whole under its key, or apart after the sink refused it whole. Sent whole
                 # again under its key, a sink that had only refused that key applied it — every
-                # record counted twice. Nothing of it is this deliverer's to send any more.
+                # record counted twice. Nothing of it is this deliverer's to send any more: it goes
+                # on with the next batch at once (returning 0 here, "nothing delivered", stopped a
+                # shutdown's drain with batches left, and the loop an interval).
                 log.warning("usage batch no longer held in the outbox under its key; another deliverer "
                             "settled it, letting it go", extra={"batch": batch.key})
                 self._release()
-                return 0
+                return await self.deliver_once()  # (claims afresh: a new batch has no failures)
             try:
                 batch, refused = await self._leased(self._send(batch))
             except (GovernanceUnavailable, StoreUnavailable) as exc:

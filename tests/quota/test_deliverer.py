@@ -157,10 +157,26 @@ async def test_a_batch_the_outbox_no_longer_holds_is_let_go_not_sent_again() -> 
     s.sink.down = True
     await s.deliverer.deliver_once()
     s.part.held.clear()
+    s.part.items.pop("r1")  # (settled by the other)
     s.sink.down = False
     s.clock.advance(1)
     assert await s.deliverer.deliver_once() == 0
     assert s.sink.delivered == [] and len(s.sink.keys) == 1 and s.deliverer.held is None
+
+
+async def test_a_drain_goes_on_past_a_batch_it_let_go() -> None:
+    """Letting go of a batch another deliverer settled is no "nothing left": the next batch goes in
+    the same cycle. It returned 0 there, and a shutdown's drain (until a cycle delivers nothing)
+    stopped with batches left (durable, sent after the restart)."""
+    s = Setup(batch_size=1)
+    await s.put("r1", "r2", "r3")
+    s.sink.down = True
+    await s.deliverer.deliver_once()  # r1's batch fails: held for its retry
+    s.part.held.clear()  # its lease ran out: another deliverer took it over and settled it
+    s.part.items.pop("r1")
+    s.sink.down = False
+    await s.deliverer.drain()
+    assert s.sink.delivered == ["r2", "r3"] and await s.outbox.depth() == 0
 
 
 async def test_records_refused_one_by_one_wait_the_longest_delay_the_rest_are_settled() -> None:

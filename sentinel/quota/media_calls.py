@@ -99,6 +99,10 @@ IMAGE_AREA, WIDE_IMAGE_AREA, LARGEST_IMAGE_AREA = 1024 * 1024, 1536 * 1024, 1792
 # A quality as the images API names it, by gpt-image-1's: dall-e-3's `standard` and `hd`.
 _QUALITIES = {"low": "low", "medium": "medium", "standard": "medium", "high": "high", "hd": "high"}
 MAX_IMAGES = 10  # the most images a call may ask for (`n`, OpenAI's bound): more is refused
+# Each partial image an image tool streams before its image is billed as this many more image output
+# tokens (OpenAI's image generation guide); a tool streams at most MAX_PARTIAL_IMAGES of them.
+PARTIAL_IMAGE_TOKENS = 100
+MAX_PARTIAL_IMAGES = 3
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -373,6 +377,31 @@ def image_tokens(model: str, size: Any, quality: Any) -> int:
     if width * height > LARGEST_IMAGE_AREA:  # no OpenAI model's size: as many of its shape's images as it covers
         figure = min(MAX_TOKENS, -(-figure * width * height // (IMAGE_AREA if width == height else WIDE_IMAGE_AREA)))
     return figure
+
+
+def image_tool_output(payload: Mapping[str, Any]) -> int:
+    """The image output a Responses request's `image_generation` tool may draw in its turn, reserved
+    at admission (`Admission.tool_output`) and settled to the answer's `tool_usage`: per call the
+    tool's image at its `size` and `quality` (`image_tokens`, by GPT Image's table: the tool runs no
+    other) and PARTIAL_IMAGE_TOKENS for each of its `partial_images`, times the calls a turn may make
+    — `max_tool_calls` when given (OpenAI's bound on a turn's built-in tool calls), else one (the
+    model may call it again: settled to what it did); none when `tool_choice` is `none`. Reserved
+    nothing, a burst of such requests passed an output limit before the first settled."""
+    tools = payload.get("tools")
+    drawn = [tool for tool in tools if isinstance(tool, dict) and tool.get("type") == "image_generation"] \
+        if isinstance(tools, list) else []
+    if not drawn or payload.get("tool_choice") == "none":
+        return 0
+    calls = payload.get("max_tool_calls")
+    calls = calls if isinstance(calls, int) and not isinstance(calls, bool) and calls >= 0 else 1
+    per_call = max(image_tokens("gpt-image-1", tool.get("size"), tool.get("quality"))
+                   + PARTIAL_IMAGE_TOKENS * _partial_images(tool.get("partial_images")) for tool in drawn)
+    return min(MAX_TOKENS, calls * per_call)
+
+
+def _partial_images(value: Any) -> int:
+    """An `image_generation` tool's `partial_images` (0 to MAX_PARTIAL_IMAGES; anything else none)."""
+    return min(value, MAX_PARTIAL_IMAGES) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def media_charge(call: MediaCall, answer: Any, raw: bytes) -> tuple[int, int | None, str]:

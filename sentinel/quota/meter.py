@@ -62,6 +62,7 @@ from sentinel.quota.images import ImageRule
 from sentinel.quota.limiter import QuotaLimiter, Reservation
 from sentinel.quota.local_limiter import LocalLimiter
 from sentinel.quota.media import NO_FILES, Files
+from sentinel.quota.media_calls import image_tool_output
 from sentinel.quota.outbox import DurableOutbox
 from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.unsettled import Unsettled
@@ -153,6 +154,11 @@ class Admission:
     # The model a Responses request's `image_generation` tool runs (its `tools[].model`): what the
     # answer's `tool_usage` shows apart from its `usage` is recorded as that model's (`ModelUsage`).
     tool_model: str | None = None
+    # The image output that tool may draw (`media_calls.image_tool_output`), reserved on top of
+    # `max_output`: settled to the answer's `tool_usage`, else — its own usage not shown either (a
+    # stream cut before its end, an answer unread) — charged as the tool model's, as reserved.
+    tool_output: int = 0
+    tool_prices: Prices | None = None  # the tool model's, when the catalogue knows them
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     headers: dict[str, str] = field(default_factory=dict)
     reservation: Reservation | None = None
@@ -162,6 +168,14 @@ class Admission:
     settled: bool = False
     counted: bool = False  # counted open by the meter that admitted it, until settled or released
     recorded: Usage | None = None  # the tokens the usage record was written with (after settle)
+
+
+def reserved_tool(admission: Admission) -> list[ModelUsage]:
+    """The image output a Responses request's `image_generation` tool reserved (`Admission.tool_output`)
+    as a record of the tool's model: what an answer whose usage cannot be known is charged for it."""
+    if admission.tool_model is None or not admission.tool_output:
+        return []
+    return [ModelUsage(admission.tool_model, Usage(0, admission.tool_output), admission.tool_prices)]
 
 
 class Meter(Protocol):
@@ -277,7 +291,8 @@ class QuotaMeter:
         candidates), else `counted_as`'s (Anthropic's on `/v1/messages`). `files`: what was read at
         upload of the files the request names by id (`media.upload_facts`). `rereads`: the steps of
         another model it may run (an advisor tool's calls), each reserving the estimated input again
-        and its output cap (`estimate.rereads_reserved`). ServiceUnavailable (503
+        and its output cap (`estimate.rereads_reserved`); a Responses request's `image_generation` tool,
+        the images it may draw (`Admission.tool_output`). ServiceUnavailable (503
         `usage_unrecordable`) first, reserving nothing, while its usage could not be recorded."""
         self._recordable()
         body = payload or {}
@@ -287,6 +302,7 @@ class QuotaMeter:
             identity=identity, endpoint=endpoint, model=model, counted_as=counted_as, request_id=request_id,
             max_output=max_output(endpoint, body, self.default_max_output),
             hidden_output=hides_output(endpoint, body),
+            tool_output=image_tool_output(body) if endpoint == "responses" else 0,
         )
         if size >= OFF_LOOP_SIZE:  # a large body: refuse an exhausted user before paying for the count
             await self._peek(identity, plan)
@@ -418,6 +434,7 @@ class QuotaMeter:
     async def _reserve(self, admission: Admission, plan: Plan, *, tokens_later: bool = False) -> None:
         subject = admission.identity.external_id
         limiter = self.limiter
+        output_tokens = admission.max_output + admission.rereads_output + admission.tool_output
         if self.local_limiter.owes(subject):
             # What this user was counted in-process while Redis was away goes to Redis first, so this
             # reservation is checked against all of it (`LocalLimiter.hand_back`).
@@ -430,7 +447,7 @@ class QuotaMeter:
         try:
             reservation = await limiter.reserve(subject, plan, requests=admission.requests,
                                                 input_tokens=admission.estimate_input + admission.rereads_input,
-                                                output_tokens=admission.max_output + admission.rereads_output,
+                                                output_tokens=output_tokens,
                                                 tokens_later=tokens_later,
                                                 on_lost=self._give_back_lost)
         except StoreUnavailable:
@@ -445,7 +462,7 @@ class QuotaMeter:
             limiter = self.local_limiter
             reservation = await limiter.reserve(subject, plan, requests=admission.requests,
                                                 input_tokens=admission.estimate_input + admission.rereads_input,
-                                                output_tokens=admission.max_output + admission.rereads_output,
+                                                output_tokens=output_tokens,
                                                 tokens_later=tokens_later)
         # (on either limiter: a hand-back `Unsettled` gave up on is queued again by the next request)
         self._hand_back_later()
@@ -785,7 +802,8 @@ class QuotaMeter:
         connection dropped after it was made: `sent_unanswered`). The provider may have generated and
         billed all of it, so it counts as one request, its estimated input and all the output it
         reserved, recorded with the error's status (504, 502); otherwise a slow enough request (a long
-        generation made to outlast the timeout) would be free, and repeatable. A 2xx answer Sentinel could not read
+        generation made to outlast the timeout) would be free, and repeatable (so are the images a
+        Responses request's `image_generation` tool reserved: `reserved_tool`). A 2xx answer Sentinel could not read
         (`UnreadableAnswer`) was served: recorded with status 502 and the answer's own usage, or
         its estimated input and all the output it reserved. A call cancelled mid-way (the server
         stopping past its shutdown deadline) may have reached the provider too: recorded with
@@ -800,10 +818,11 @@ class QuotaMeter:
             await self.settle(admission, usage=None, output_text="", status=499, provider=None, output_estimate=0)
         elif sent_unanswered(error):  # may have been generated, billed: as reserved
             await self.settle(admission, usage=None, output_text="", status=error.status, provider=error.provider,
-                              output_estimate=admission.max_output)
+                              output_estimate=admission.max_output, models=reserved_tool(admission))
         elif isinstance(error, UnreadableAnswer):  # served, billed: its usage, else all it reserved
             await self.settle(admission, usage=error.usage, output_text="", status=error.status,
-                              provider=error.provider, output_estimate=admission.max_output)
+                              provider=error.provider, output_estimate=admission.max_output,
+                              models=reserved_tool(admission))
         elif isinstance(error, RateLimited) and error.code == REQUEST_TOO_LARGE:  # refused for its own size
             await self.settle(admission, usage=Usage(0, 0), output_text="", status=error.status,
                               provider=error.provider)

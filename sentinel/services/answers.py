@@ -31,7 +31,7 @@ from sentinel.providers.errors import ModelRetired, UnreadableAnswer, retired, u
 from sentinel.providers.http import UpstreamResponse
 from sentinel.providers.openai import relayable_headers
 from sentinel.quota.media_calls import MediaCall, media_charge, unread_output
-from sentinel.quota.meter import Admission, Meter, ModelUsage, ObjectCharge
+from sentinel.quota.meter import Admission, Meter, ModelUsage, ObjectCharge, reserved_tool
 from sentinel.quota.tokens import TokenCounter
 from sentinel.quota.usage import (
     StreamInspector,
@@ -208,7 +208,7 @@ class AnswerRelay:
             if steps:
                 charges = [*charges, *steps]
                 usage, pays = _summed(charges), True
-        models: list[ModelUsage] = self._tool_parts(endpoint, admission, tool_usage(parsed))
+        models: list[ModelUsage] = self._tool_parts(endpoint, admission, tool_usage(parsed), unread=usage is None)
         if owner is not None and charging.counted:
             eval_models, runs = await self.runs.eval_models(parsed, ttl, within)
             models += eval_models
@@ -322,13 +322,21 @@ class AnswerRelay:
         except StoreUnavailable:
             return True
 
-    def _tool_parts(self, endpoint: str, admission: Admission, used: Usage | None) -> list[ModelUsage]:
+    def _tool_parts(
+        self, endpoint: str, admission: Admission, used: Usage | None, *, unread: bool = False,
+    ) -> list[ModelUsage]:
         """A Responses answer's hosted tools' own model's usage (`tool_usage`: the `image_generation`
         tool's image tokens), a record of that model (`Admission.tool_model`) beside the answer's own:
-        it is not in the answer's `usage`, and was charged nothing — images drawn free of any limit."""
-        if endpoint != "responses" or used is None or admission.tool_model is None:
+        it is not in the answer's `usage`, and was charged nothing — images drawn free of any limit.
+        `unread`: the answer's own usage was not shown either (a stream cut before its end, an answer
+        that could not be read): without a `tool_usage`, the tool is charged the image output it
+        reserved (`Admission.tool_output`) — charged none, a client cutting each stream before its
+        last event had every image free."""
+        if endpoint != "responses" or admission.tool_model is None:
             return []
-        return [ModelUsage(admission.tool_model, used, self.runs.prices(admission.tool_model))]
+        if used is None:
+            return reserved_tool(admission) if unread else []
+        return [ModelUsage(admission.tool_model, used, admission.tool_prices)]
 
     async def _list_cut_turn(self, extends: Sequence[tuple[str, int]], response_id: str, admission: Admission) -> bool:
         """List the stored response `response_id`, whose stream was cut before the provider's count, among
@@ -515,7 +523,7 @@ class AnswerRelay:
                     usage, pays = _summed(charges), True
             if not pays:
                 usage = Usage(0, 0)
-            models: list[ModelUsage] = self._tool_parts(endpoint, admission, tail.tool_usage())
+            models: list[ModelUsage] = self._tool_parts(endpoint, admission, tail.tool_usage(), unread=usage is None)
             if owner is not None and charging.counted and eval_run is not None:
                 models, runs_claimed = await self.runs.eval_run_shown(*eval_run, ttl)
                 claimed += runs_claimed
@@ -575,7 +583,8 @@ class AnswerRelay:
                 provider=upstream.provider,
                 output_estimate=0 if inspector.unserved else admission.max_output if unlisted else None,
                 read_input=("", 0) if usage is not None else inspector.read_input,
-                models=self._tool_parts(endpoint, admission, inspector.tool_usage),
+                models=self._tool_parts(endpoint, admission, inspector.tool_usage,
+                                        unread=usage is None and not inspector.unserved),
             )
             stored = None
             claims: list[tuple[str, float | None]] = [] if items is None else [

@@ -193,6 +193,7 @@ class OpenAIRelay:
         ex.headers.extend(admission.headers.items())
         if endpoint == "responses":  # (checked a catalogue model by `_checked`: `with_tools`)
             admission.tool_model = next((m for _, m in tool_models(payload) if isinstance(m, str)), None)
+            admission.tool_prices = None if admission.tool_model is None else self._prices(admission.tool_model)
         served: list[ModelTarget] = []
 
         def on_attempt(target: ModelTarget) -> None:

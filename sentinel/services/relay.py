@@ -193,13 +193,16 @@ class OpenAIRelay:
         ex.headers.extend(admission.headers.items())
         if endpoint == "responses":  # (checked a catalogue model by `_checked`: `with_tools`)
             admission.tool_model = next((m for _, m in tool_models(payload) if isinstance(m, str)), None)
-            admission.tool_prices = None if admission.tool_model is None else self._prices(admission.tool_model)
         served: list[ModelTarget] = []
 
         def on_attempt(target: ModelTarget) -> None:
             served[:] = [target]
             admission.model, admission.prices, ex.provider = target.name, target.prices, target.provider
             admission.counted_as = target.upstream_model
+            # (the tool's catalogue entry on the provider serving the request: `with_tools` held it to one)
+            tool = None if admission.tool_model is None else self.catalogue.on_provider(admission.tool_model,
+                                                                                        target.provider)
+            admission.tool_prices = None if tool is None else tool.prices
             # (a model that reasons unasked bills reasoning it never streams)
             admission.hidden_output = hides_output(endpoint, payload, reasons=target.reasons, kind=target.kind)
 

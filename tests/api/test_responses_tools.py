@@ -211,3 +211,28 @@ def test_a_request_the_provider_never_answered_is_charged_its_tools_reserved_ima
     rows = {row["model"]: row for row in ledger_rows(gw.settings.database_url, "alice")}
     assert (rows["house-image"]["output_tokens"], rows["gpt-4o-mini"]["output_tokens"]) == (408, 100)
     assert used == 408 + 100
+
+
+def test_the_image_tools_record_is_priced_at_its_catalogue_models_prices(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path,
+) -> None:
+    """The tool's `model` is a catalogue name (checked so: `with_tools`), an alias here: its record is
+    priced at that entry's prices — 50 input tokens at $5 and 6,240 image tokens at $40 a million.
+    Priced by the name a provider reports a model it ran by (an eval run's rule: a model served
+    under that very name on the default provider), an alias's or another provider's image model
+    was recorded with no cost."""
+    doc = {"models": [{"name": "gpt-4o-mini", "provider": "openai"},
+                      {"name": "house-image", "provider": "openai", "upstream_name": "gpt-image-1",
+                       "input_price_per_million": 5.0, "output_price_per_million": 40.0}]}
+    (tmp_path / "tools.yaml").write_text(yaml.safe_dump(doc))
+    upstream = ScriptedUpstream()
+    upstream.json(_answer("A" * 16))
+    with serving(upstream) as srv:
+        gw = gateway_factory(providers_file=tmp_path / "tools.yaml", openai_api_url=srv.url + "/v1",
+                             usage_flush_interval_seconds=0.1)
+        with gw.client() as http:
+            r = http.post("/v1/responses", json=_ask())
+            assert r.status_code == 200, r.text
+            assert wait_for(lambda: len(ledger_rows(gw.settings.database_url, "alice")) == 2)
+    rows = {row["model"]: row for row in ledger_rows(gw.settings.database_url, "alice")}
+    assert rows["house-image"]["cost_usd"] == pytest.approx((50 * 5.0 + 6240 * 40.0) / 1_000_000)

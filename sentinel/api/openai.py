@@ -210,6 +210,26 @@ def _root_below(path: str) -> str | None:
     return None
 
 
+def _read_as_another(path: str) -> str | None:
+    """Why `path` (below `/v1`) may be read upstream as another path than it is — one Sentinel serves,
+    charges or checks —, so that it is never pass-through: spelled in another case or with a lenient
+    server's extras (`_misspelled`), ending as a metered endpoint (`_metered_below`), holding `/v1` again
+    (`_v1_within`), or naming an OpenAI path below another prefix (`_root_below`); None otherwise."""
+    spelled = _misspelled(path)
+    if spelled is not None:
+        return f"paths are taken as spelled, case-sensitive: /v1/{spelled}"
+    served = _metered_below(path)
+    if served is not None:
+        return f"it ends as /{served}, which this gateway serves or charges by that path: use /{served}"
+    within = _v1_within(path)
+    if within is not None:
+        return f"it holds /v1 again, and may be read as {clipped(within)}: use that path"
+    below = _root_below(path)
+    if below is not None:
+        return f"it holds {clipped(below)} below another prefix, and may be read as that path: use it"
+    return None
+
+
 def by_name_only(path: str) -> str | None:
     """The `/v1/{name}` of BY_NAME_ONLY `path` is at or below (read as a lenient server may read its
     first segment: `/v1/Realtime/...`, `/v1/realtime;x/...`), or None."""
@@ -334,35 +354,11 @@ class OpenAIRoutes:
                 f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (paths are ASCII)",
                 code="endpoint_not_supported",
             )
-        spelled = _misspelled(path)
-        if spelled is not None:
-            # As a trailing slash: never pass-through, never sent on to a provider that may read it as that.
-            raise NotFound(
-                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (paths are "
-                f"taken as spelled, case-sensitive: /v1/{spelled})", code="endpoint_not_supported",
-            )
-        served = _metered_below(path)
-        if served is not None:
-            # As a trailing slash: a gateway in front of the provider may serve the metered endpoint there.
-            raise NotFound(
-                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it ends as /{served}, "
-                f"which this gateway serves or charges by that path: use /{served})", code="endpoint_not_supported",
-            )
-        within = _v1_within(path)
-        if within is not None:
+        aliased = _read_as_another(path)
+        if aliased is not None:
             # As a trailing slash: never pass-through, never sent on to a server that may read it as that path.
-            raise NotFound(
-                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it holds /v1 again, "
-                f"and may be read as {clipped(within)}: use that path)", code="endpoint_not_supported",
-            )
-        below = _root_below(path)
-        if below is not None:
-            # As a trailing slash: never pass-through, never sent on to a server that may read it as that path.
-            raise NotFound(
-                f"Endpoint {request.method} {clipped(path)} is not supported by this gateway (it holds "
-                f"{clipped(below)} below another prefix, and may be read as that path: use it)",
-                code="endpoint_not_supported",
-            )
+            raise NotFound(f"Endpoint {request.method} {clipped(path)} is not supported by this gateway ({aliased})",
+                           code="endpoint_not_supported")
         pattern = self.passthrough_policy.match(path)
         if path in (LEGACY_COMPLETE, LEGACY_COMPLETE + "/"):
             # Anthropic's legacy Text Completions API, which Sentinel does not serve: never pass-through (to the

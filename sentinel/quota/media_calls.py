@@ -222,7 +222,7 @@ def edit_images(model: str, fields: Mapping[str, Any], uploaded: Sequence[tuple[
     from its header (a data URL's), else the most an image costs (a `file_id`, an http(s) URL, a header
     not read); 0 for a `dall-e-*` edit, billed by the image made. Only the answer's usage charged them:
     a burst of edits of many large images passed an input limit before the first settled."""
-    if model.rsplit("/", 1)[-1].lower().startswith("dall-e"):
+    if _dalle(model):
         return 0
     rule = openai_image_rule(model)
     total = 0
@@ -359,6 +359,11 @@ def speech_speed(value: Any) -> int | float | None:
     return value
 
 
+def _dalle(model: str) -> bool:
+    """Whether `model` (`openai/dall-e-3` too) is a `dall-e-*` model: billed per image made, no tokens."""
+    return model.rsplit("/", 1)[-1].lower().startswith("dall-e")
+
+
 def image_tokens(model: str, size: Any, quality: Any) -> int:
     """What one image of `size` (`WxH`) and `quality` costs: gpt-image-1's tokens for its shape and
     quality (GPT_IMAGE_TOKENS). A `dall-e-*` image is `standard` (medium) and 1024 x 1024 unless it
@@ -366,7 +371,7 @@ def image_tokens(model: str, size: Any, quality: Any) -> int:
     none) the dearest shape, a portrait. A size larger than any OpenAI model makes (LARGEST_IMAGE_AREA:
     `4096x4096`, which a lenient server may make) is as many images of its shape as its area covers:
     charged as one 1024 x 1024 image, it was a sixteenth of what such a server made."""
-    dalle = model.rsplit("/", 1)[-1].lower().startswith("dall-e")
+    dalle = _dalle(model)
     default = "medium" if dalle else "high"
     figures = GPT_IMAGE_TOKENS[_QUALITIES.get(_word(quality), default)]
     found = _SIZE.fullmatch(size.strip()) if isinstance(size, str) else None
